@@ -1,0 +1,119 @@
+"""Parameters, multiply-accumulates and the per-stage table of a model.
+
+Units, honestly labelled: a MAC is one multiply-add; FLOPs = 2 x MACs. torchvision's
+"GFLOPS" column (4.09 for resnet50 at 224) counts MACs. Only convolutions and the
+classifier are counted (BN, ReLU, pooling and the residual adds are <1% of the total),
+which is the convention of torchvision, fvcore and the papers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.ops import DeformConv2d
+
+from .models.resnet import ResNet
+
+
+def _deform_conv2d_flops(input_shape, weight_shape, *args, out_shape=None, **kwargs) -> int:
+    # Counted like the plain convolution it generalises; the bilinear sampling is not a MAC.
+    out_channels, in_per_group, kh, kw = weight_shape
+    batch, _, out_h, out_w = out_shape
+    return 2 * batch * out_channels * out_h * out_w * in_per_group * kh * kw
+
+
+_CUSTOM_FLOPS = {torch.ops.torchvision.deform_conv2d.default: _deform_conv2d_flops}
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def input_tensor(model: ResNet, input_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+    """A single zero image of the model's expected size (or ``input_size``) on the model's device."""
+    size = input_size or model.preprocessing.input_size
+    height, width = (size, size) if isinstance(size, int) else size
+    device = next(model.parameters()).device
+    return torch.zeros(1, model.config.in_chans, height, width, device=device)
+
+
+def count_macs(model: ResNet, input_size: int | tuple[int, int] | None = None) -> int:
+    """Multiply-accumulates of one forward pass on one image. Works on a meta-device model."""
+    return sum(row.macs for row in stage_table(model, input_size))
+
+
+@dataclass
+class StageRow:
+    name: str
+    structure: str
+    blocks: int
+    in_channels: int
+    out_channels: int
+    output_size: tuple[int, int]
+    params: int
+    macs: int
+
+
+def stage_table(model: ResNet, input_size: int | tuple[int, int] | None = None) -> list[StageRow]:
+    """The rows of the architecture table of the ResNet paper: stem, each stage, head."""
+    # (row name, how to run it, the modules whose parameters it owns, structure, blocks)
+    parts = [("stem", model.forward_stem, [model.conv1, model.bn1], _stem_structure(model), 1)]
+    for name, stage in zip(model.stage_names, model.stages):
+        parts.append((name, stage, [stage], _block_structure(stage[0]), len(stage)))
+    parts.append(("head", lambda x: model.forward_head(model.forward_final_norm(x)),
+                  [model.final_bn, model.fc], _head_structure(model), 1))
+
+    rows = []
+    was_training = model.training
+    model.eval()
+    x = input_tensor(model, input_size)
+    try:
+        with torch.no_grad():
+            for name, run, modules, structure, blocks in parts:
+                in_channels = x.shape[1]
+                with FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS) as counter:
+                    x = run(x)
+                rows.append(StageRow(
+                    name=name, structure=structure, blocks=blocks, in_channels=in_channels,
+                    out_channels=x.shape[1], output_size=tuple(x.shape[2:]) if x.ndim == 4 else (1, 1),
+                    params=sum(count_parameters(m) for m in modules if m is not None),
+                    macs=counter.get_total_flops() // 2,
+                ))
+    finally:
+        model.train(was_training)
+    return rows
+
+
+def _conv_text(conv: nn.Module) -> str:
+    k = conv.kernel_size[0]
+    text = f"{k}x{k}, {conv.out_channels}"
+    if conv.groups > 1:
+        text += f", {conv.groups} groups"
+    if isinstance(conv, DeformConv2d):
+        text += ", deformable"
+    if conv.stride[0] > 1:
+        text += f", /{conv.stride[0]}"
+    return text
+
+
+def _stem_structure(model: ResNet) -> str:
+    text = _conv_text(model.conv1)
+    return text + "; max-pool 3x3, /2" if model.maxpool is not None else text
+
+
+def _block_structure(block: nn.Module) -> str:
+    convs = [getattr(block, name) for name in ("conv1", "conv2", "conv3") if hasattr(block, name)]
+    text = "[" + "; ".join(_conv_text(conv) for conv in convs) + "]"
+    if block.preact:
+        text = "pre-act " + text
+    if getattr(block, "se", None) is not None:
+        text += " + SE"
+    return text
+
+
+def _head_structure(model: ResNet) -> str:
+    prefix = "BN-ReLU, " if model.final_bn is not None else ""
+    classes = model.config.num_classes
+    return prefix + (f"avg-pool, fc {model.num_features}->{classes}" if classes else "avg-pool")

@@ -1,0 +1,108 @@
+"""Read a weights source (file, URL or mapping) into a flat state dict of tensors.
+
+Nothing here can run code from a file: ``.pth``/``.pt`` are read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import urllib.error
+import urllib.parse
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from ..errors import CheckpointError
+
+# Keys under which training scripts (ours, torchvision's references, timm's) nest the weights.
+_NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+# Prefixes added by DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+WeightsSource = str | os.PathLike | Mapping[str, torch.Tensor]
+
+
+def read_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
+    if isinstance(source, Mapping):
+        state, where = dict(source), "the state dict"
+    else:
+        where = os.fspath(source)
+        state = _read_file(download(where) if _is_url(where) else Path(where))
+    return _strip_wrappers(_unnest(state, where))
+
+
+def cache_dir() -> Path:
+    """Downloaded weights live beside torchvision's (``$TORCH_HOME/hub/checkpoints``), so each is fetched once."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def download(url: str) -> Path:
+    filename = Path(urllib.parse.urlparse(url).path).name
+    if not filename:
+        raise CheckpointError(f"cannot tell a file name from the URL {url!r}")
+    target = cache_dir() / filename
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # torchvision's file names carry the first hex digits of the file's SHA-256 (resnet50-11ad3fa6.pth).
+    match = torch.hub.HASH_REGEX.search(filename)
+    try:
+        torch.hub.download_url_to_file(url, os.fspath(target), match.group(1) if match else None,
+                                       progress=True)
+    except (urllib.error.URLError, OSError) as error:
+        raise CheckpointError(
+            f"could not download {url} ({getattr(error, 'reason', error)}); with no network, "
+            f"download it elsewhere and pass the file's path, or place it at {target}") from error
+    except RuntimeError as error:  # torch.hub's hash check
+        raise CheckpointError(f"the file downloaded from {url} is corrupt: {error}") from error
+    return target
+
+
+def _is_url(text: str) -> bool:
+    return urllib.parse.urlparse(text).scheme in ("http", "https", "file")
+
+
+def _read_file(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"{path} is not a readable safetensors file "
+                                  f"(truncated or corrupt?): {error}") from error
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"{path} holds pickled objects other than tensors, which could run code when loaded; "
+            "resnetlab refuses them (weights_only=True). Re-save only the state dict "
+            "(torch.save(model.state_dict(), path)) from a source you trust") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as error:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                              f"{str(error).splitlines()[0]}") from error
+
+
+def _unnest(state: Mapping, where: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{where} holds a {type(state).__name__}, not a state dict")
+    for key in _NESTED_KEYS:
+        if isinstance(state.get(key), Mapping):
+            state = state[key]
+            break
+    not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"{where} is not a state dict: {', '.join(map(str, not_tensors[:5]))} "
+                              "are not tensors")
+    return dict(state)
+
+
+def _strip_wrappers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state

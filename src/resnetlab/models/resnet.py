@@ -1,0 +1,249 @@
+"""One ResNet class for the whole family; every variant is a field of ``ResNetConfig``."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.ops import DeformConv2d
+
+from ..errors import ConfigError
+from ..preprocessing import CIFAR10, IMAGENET, Preprocessing
+from .blocks import BLOCKS, DeformableConv3x3, ZeroPadShortcut, conv1x1
+
+STEMS = ("imagenet", "cifar")
+SHORTCUTS = ("projection", "zero_pad")
+ATTENTIONS = (None, "se")
+
+
+@dataclass(frozen=True)
+class ResNetConfig:
+    """Everything that defines a ResNet architecture. Saved beside weights, so it must stay plain data."""
+
+    block: str = "bottleneck"  # basic | bottleneck | preact_basic | preact_bottleneck
+    layers: tuple[int, ...] = (3, 4, 6, 3)  # residual blocks per stage
+    channels: tuple[int, ...] = (64, 128, 256, 512)  # per stage; a block outputs channels * expansion
+    stem: str = "imagenet"  # imagenet: 7x7/2 conv + 3x3/2 max-pool; cifar: 3x3/1 conv
+    stem_channels: int = 64
+    shortcut: str = "projection"  # projection: 1x1 conv when shapes change (option B); zero_pad: option A
+    groups: int = 1  # grouped 3x3 (ResNeXt cardinality)
+    width_per_group: int = 64  # 3x3 width = channels * width_per_group / 64 * groups
+    # Per-block inner widths, one tuple per stage; overrides groups/width_per_group (pruned networks).
+    mid_channels: tuple[tuple[int, ...], ...] | None = None
+    stride_in_1x1: bool = False  # True: original v1, stride on the first 1x1; False: v1.5
+    attention: str | None = None  # None | "se"
+    # 3x3 convs that become deformable: True means every stage but the first (DCNv2 puts them
+    # in conv3..conv5); or the 1-based stage numbers.
+    deformable: bool | tuple[int, ...] = False
+    drop_path_rate: float = 0.0  # stochastic depth of the last block; rises linearly from 0
+    zero_init_residual: bool = False  # zero the last BN of each block so it starts as identity
+    in_chans: int = 3
+    num_classes: int = 1000
+
+    def __post_init__(self) -> None:
+        # Normalise lists (from JSON or the command line) into tuples so configs compare and hash.
+        object.__setattr__(self, "layers", tuple(self.layers))
+        object.__setattr__(self, "channels", tuple(self.channels))
+        if self.mid_channels is not None:
+            object.__setattr__(self, "mid_channels", tuple(tuple(stage) for stage in self.mid_channels))
+        if not isinstance(self.deformable, bool):
+            object.__setattr__(self, "deformable", tuple(self.deformable))
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(message: str) -> None:
+            raise ConfigError(message)
+
+        if self.block not in BLOCKS:
+            fail(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
+        if self.stem not in STEMS:
+            fail(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
+        if self.shortcut not in SHORTCUTS:
+            fail(f"unknown shortcut {self.shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
+        if self.attention not in ATTENTIONS:
+            fail(f"unknown attention {self.attention!r}; choose None or 'se'")
+        if not self.layers or len(self.layers) != len(self.channels):
+            fail(f"layers {list(self.layers)} and channels {list(self.channels)} must list the same "
+                 "number of stages (at least one)")
+        if any(n < 1 for n in self.layers) or any(c < 1 for c in self.channels):
+            fail("every stage needs at least one block and one channel")
+        if self.block_type.expansion == 1 and (self.groups != 1 or self.width_per_group != 64):
+            fail(f"{self.block} blocks support only groups=1 and width_per_group=64; "
+                 "use a bottleneck block for ResNeXt or Wide ResNet")
+        if self.groups < 1 or self.width_per_group < 1:
+            fail("groups and width_per_group must be positive")
+        if self.block_type.preact and self.attention is not None:
+            fail("attention is not available for pre-activation blocks; use a post-activation block")
+        if self.mid_channels is not None and (
+                tuple(len(stage) for stage in self.mid_channels) != self.layers):
+            fail(f"mid_channels needs one width per block: {list(self.layers)} blocks per stage")
+        if self.in_chans < 1 or self.num_classes < 0:
+            fail("in_chans must be >= 1 and num_classes >= 0 (0 removes the classifier)")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            fail(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        bad_stages = set(self.deformable_stages) - set(range(1, len(self.layers) + 1))
+        if bad_stages:
+            fail(f"deformable stages {sorted(bad_stages)} do not exist; "
+                 f"stages are numbered 1..{len(self.layers)}")
+
+    @property
+    def block_type(self) -> type[nn.Module]:
+        return BLOCKS[self.block]
+
+    @property
+    def deformable_stages(self) -> tuple[int, ...]:
+        if self.deformable is True:
+            return tuple(range(2, len(self.layers) + 1))
+        return self.deformable or ()
+
+    def stage_mid_channels(self, stage: int) -> tuple[int, ...]:
+        """Inner (3x3) width of every block of a 0-based stage."""
+        if self.mid_channels is not None:
+            return self.mid_channels[stage]
+        if self.block_type.expansion == 1:
+            width = self.channels[stage]
+        else:
+            width = int(self.channels[stage] * (self.width_per_group / 64.0)) * self.groups
+        return (width,) * self.layers[stage]
+
+    @property
+    def stage_out_channels(self) -> tuple[int, ...]:
+        return tuple(c * self.block_type.expansion for c in self.channels)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return CIFAR10 if self.stem == "cifar" else IMAGENET
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ResNet(nn.Module):
+    """A residual network (He et al., CVPR 2016) and its descendants.
+
+    Module names are torchvision's (``conv1, bn1, layer1..4, fc``), so state dicts load
+    between the two. Like timm, every model has ``forward_features``, ``forward_head``,
+    ``reset_classifier`` and a declared ``feature_info``.
+    """
+
+    def __init__(self, config: ResNetConfig, arch: str = "custom"):
+        super().__init__()
+        self.config = config
+        self.arch = arch  # the registry name it was built from, saved with its weights
+        self.preprocessing = config.preprocessing
+        self.class_names: list[str] | None = None
+        preact = config.block_type.preact
+
+        if config.stem == "imagenet":
+            self.conv1 = nn.Conv2d(config.in_chans, config.stem_channels, 7, stride=2, padding=3, bias=False)
+        else:
+            self.conv1 = nn.Conv2d(config.in_chans, config.stem_channels, 3, stride=1, padding=1, bias=False)
+        # A pre-activation network normalises inside its first block instead.
+        self.bn1 = None if preact else nn.BatchNorm2d(config.stem_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem == "imagenet" else None
+        stem_stride = self.conv1.stride[0]
+
+        # Where each stage's output lives, its width and its stride w.r.t. the input (as timm).
+        self.feature_info: list[dict] = [dict(num_chs=config.stem_channels, reduction=stem_stride,
+                                              module="conv1" if preact else "relu")]
+        self.stage_names: list[str] = []
+        total_blocks = sum(config.layers)
+        block_index = 0
+        in_channels = config.stem_channels
+        reduction = stem_stride * (2 if self.maxpool is not None else 1)
+        for stage, (num_blocks, out_channels) in enumerate(zip(config.layers, config.stage_out_channels)):
+            stride = 1 if stage == 0 else 2
+            reduction *= stride
+            mids = config.stage_mid_channels(stage)
+            blocks = []
+            for i in range(num_blocks):
+                block_stride = stride if i == 0 else 1
+                blocks.append(config.block_type(
+                    in_channels=in_channels,
+                    mid_channels=mids[i],
+                    out_channels=out_channels,
+                    stride=block_stride,
+                    shortcut=self._shortcut(in_channels, out_channels, block_stride),
+                    groups=config.groups,
+                    stride_in_1x1=config.stride_in_1x1,
+                    attention=config.attention,
+                    deformable=stage + 1 in config.deformable_stages,
+                    drop_path=config.drop_path_rate * block_index / max(total_blocks - 1, 1),
+                ))
+                in_channels = out_channels
+                block_index += 1
+            name = f"layer{stage + 1}"
+            self.add_module(name, nn.Sequential(*blocks))
+            self.stage_names.append(name)
+            self.feature_info.append(dict(num_chs=out_channels, module=name, reduction=reduction))
+
+        # Pre-activation networks end with the BN-ReLU that no block applied to its output.
+        self.final_bn = nn.BatchNorm2d(in_channels) if preact else None
+        self.num_features = in_channels
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc: nn.Module = nn.Linear(in_channels, config.num_classes) if config.num_classes else nn.Identity()
+        self._init_weights()
+
+    def _shortcut(self, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+        if stride == 1 and in_channels == out_channels:
+            return None
+        if self.config.shortcut == "zero_pad" and out_channels >= in_channels:
+            return ZeroPadShortcut(in_channels, out_channels, stride)
+        if self.config.block_type.preact:
+            return nn.Sequential(conv1x1(in_channels, out_channels, stride))
+        return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+
+    def _init_weights(self) -> None:
+        # He initialisation (fan_out, as torchvision) for every conv; BN starts as identity.
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, DeformConv2d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, DeformableConv3x3):
+                module.reset_offsets()  # the loop above re-initialised the offset predictor
+        if self.config.zero_init_residual:
+            # Each residual branch then starts at zero and every block is an identity
+            # (Goyal et al. 2017): about +0.2-0.3 top-1 on ImageNet.
+            for stage in self.stages:
+                for block in stage:
+                    nn.init.zeros_(block.last_residual_layer.weight)
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, name) for name in self.stage_names]
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        if self.bn1 is not None:
+            x = self.relu(self.bn1(x))
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        return x
+
+    def forward_final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.final_bn is None else self.relu(self.final_bn(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.forward_final_norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialised one (0 removes it: the model returns embeddings)."""
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)

@@ -1,0 +1,205 @@
+"""Load weights into a model from any source, and save them with the metadata to rebuild it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from ..atomic import atomic_path
+from ..errors import CheckpointError
+from ..preprocessing import Preprocessing
+from .checkpoint import WeightsSource, read_state_dict
+from .layouts import to_resnetlab_layout
+from .resnet import ResNet, ResNetConfig
+
+logger = logging.getLogger("resnetlab")
+
+_METADATA_KEY = "resnetlab"
+_FORMAT = "resnetlab.weights/1"
+
+
+@dataclass
+class LoadReport:
+    """What ``load_weights`` did beyond a plain strict load."""
+
+    layout: str  # the key layout the weights came in: "torchvision" or "timm-resnetv2"
+    head_reinitialized: bool = False
+    adapted_in_chans: tuple[int, int] | None = None  # (checkpoint's, model's) input channels
+    messages: list[str] = field(default_factory=list)
+
+
+def load_weights(model: ResNet, source: WeightsSource) -> LoadReport:
+    """Load ``source`` into ``model`` strictly, converting known layouts on the way.
+
+    ``source`` is a ``.pth``/``.pt``/``.safetensors`` path, an http(s) or file URL
+    (downloaded once into the torch hub cache), or a state dict. torchvision, timm and
+    resnetlab layouts are recognised. Two differences are repaired, with a message:
+    a different class count re-initialises the head (fine-tuning), and a different
+    number of input channels adapts conv1's pretrained filters. Anything else that does
+    not fit raises ``CheckpointError`` naming the keys.
+    """
+    state, layout = to_resnetlab_layout(read_state_dict(source))
+    report = LoadReport(layout=layout)
+    expected = model.state_dict()
+    _fit_head(model, state, expected, report)
+    _fit_input_channels(state, expected, report)
+    _check_fit(model, state, expected, source)
+    model.load_state_dict(state, strict=True)
+    for message in report.messages:
+        logger.warning(message)
+    return report
+
+
+def _fit_head(model: ResNet, state: dict, expected: dict, report: LoadReport) -> None:
+    weight = state.get("fc.weight")
+    if weight is None or weight.ndim != 2:
+        return
+    target = expected.get("fc.weight")
+    if target is None:
+        message = "the model has no classifier (num_classes=0): the checkpoint's head was dropped"
+    elif weight.shape[1] == target.shape[1] and weight.shape[0] != target.shape[0]:
+        message = (f"the checkpoint has {weight.shape[0]} classes and the model {target.shape[0]}: "
+                   "the classifier head was re-initialised and needs fine-tuning")
+        model.reset_classifier(target.shape[0])
+        report.head_reinitialized = True
+    else:
+        return
+    state.pop("fc.weight")
+    state.pop("fc.bias", None)
+    expected.pop("fc.weight", None)
+    expected.pop("fc.bias", None)
+    report.messages.append(message)
+
+
+def _fit_input_channels(state: dict, expected: dict, report: LoadReport) -> None:
+    weight, target = state.get("conv1.weight"), expected.get("conv1.weight")
+    if weight is None or target is None or weight.shape == target.shape:
+        return
+    if weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
+        return  # a different stem altogether: reported as a mismatch
+    have, want = weight.shape[1], target.shape[1]
+    if want == 1:
+        adapted = weight.sum(dim=1, keepdim=True)
+    else:
+        # Cycle the pretrained filters over the new channels and rescale so that the
+        # expected activation magnitude stays that of the original input.
+        adapted = weight.repeat(1, math.ceil(want / have), 1, 1)[:, :want] * (have / want)
+    state["conv1.weight"] = adapted
+    report.adapted_in_chans = (have, want)
+    report.messages.append(f"conv1 was adapted from {have} to {want} input channels "
+                           "(pretrained filters summed or repeated and rescaled)")
+
+
+def _check_fit(model: ResNet, state: dict, expected: dict, source: WeightsSource) -> None:
+    # Old torchvision files predate BN's num_batches_tracked; PyTorch fills it in.
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in state if k in expected and state[k].shape != expected[k].shape]
+    if not (missing or unexpected or mismatched):
+        return
+    problems = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected),
+                        ("shape mismatch (checkpoint vs model)", mismatched)):
+        if keys:
+            shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+            problems.append(f"{label}: {shown}")
+    where = "the state dict" if isinstance(source, dict) else os.fspath(source)
+    raise CheckpointError(
+        f"{where} does not fit {model.arch}: it looks like {describe_architecture(state)}, "
+        f"the model is {describe_architecture(expected)}. " + "; ".join(problems))
+
+
+def describe_architecture(state: dict[str, torch.Tensor]) -> str:
+    """A one-line description of the network a state dict belongs to, read from its keys."""
+    blocks: dict[int, set[int]] = {}
+    for key in state:
+        match = re.match(r"layer(\d+)\.(\d+)\.", key)
+        if match:
+            blocks.setdefault(int(match[1]), set()).add(int(match[2]))
+    layers = [len(blocks[stage]) for stage in sorted(blocks)]
+    kind = "bottleneck" if any(re.match(r"layer\d+\.\d+\.conv3\.", k) for k in state) else "basic-block"
+    if "final_bn.weight" in state:
+        kind = "pre-activation " + kind
+    if any(".se." in k for k in state):
+        kind = "SE " + kind
+    parts = [f"a {kind} ResNet with blocks {layers}"]
+    if "fc.weight" in state:
+        parts.append(f"{state['fc.weight'].shape[0]} classes")
+    if "conv1.weight" in state:
+        stem = state["conv1.weight"].shape
+        parts.append(f"{stem[-1]}x{stem[-1]} stem of width {stem[0]}")
+    return ", ".join(parts)
+
+
+def save_weights(model: ResNet, path: str | os.PathLike, *, class_names: list[str] | None = None,
+                 preprocessing: Preprocessing | None = None) -> Path:
+    """Write ``path`` (``.safetensors``) and a JSON of metadata beside it, both atomically.
+
+    The metadata (architecture, full config, class names, preprocessing) is also stored in
+    the safetensors header, so ``load_model(path)`` rebuilds the model from the one file.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"save_weights writes safetensors; give a path ending in .safetensors, "
+                              f"not {path.name}")
+    class_names = class_names if class_names is not None else model.class_names
+    if class_names is not None and len(class_names) != model.config.num_classes:
+        raise CheckpointError(f"{len(class_names)} class names given for a model with "
+                              f"{model.config.num_classes} classes")
+    metadata = {
+        "format": _FORMAT,
+        "resnetlab_version": version("resnetlab"),
+        "arch": model.arch,
+        "config": model.config.to_dict(),
+        "class_names": list(class_names) if class_names is not None else None,
+        "preprocessing": dataclasses.asdict(preprocessing or model.preprocessing),
+    }
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(metadata)})
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(metadata, indent=2) + "\n")
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata ``save_weights`` stored with a ``.safetensors`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        with safe_open(path, framework="pt") as reader:
+            header = reader.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
+                              f"{error}") from error
+    if _METADATA_KEY not in header:
+        raise CheckpointError(f"{path} carries no resnetlab metadata; build the model with "
+                              "create_model(...) and use load_weights(model, path) instead")
+    return json.loads(header[_METADATA_KEY])
+
+
+def load_model(path: str | os.PathLike) -> ResNet:
+    """Rebuild the model saved by ``save_weights``: architecture, weights, class names, preprocessing."""
+    metadata = read_metadata(path)
+    try:
+        config = ResNetConfig(**metadata["config"])
+    except TypeError as error:
+        raise CheckpointError(f"{path} was saved by an incompatible resnetlab "
+                              f"({metadata.get('resnetlab_version')}): {error}") from error
+    model = ResNet(config, arch=metadata["arch"])
+    load_weights(model, path)
+    model.class_names = metadata["class_names"]
+    model.preprocessing = Preprocessing(**metadata["preprocessing"])
+    return model
