@@ -24,7 +24,7 @@ def _deform_conv2d_flops(input_shape, weight_shape, *args, out_shape=None, **kwa
     return 2 * batch * out_channels * out_h * out_w * in_per_group * kh * kw
 
 
-_CUSTOM_FLOPS = {torch.ops.torchvision.deform_conv2d.default: _deform_conv2d_flops}
+_CUSTOM_FLOPS = {torch.ops.torchvision.deform_conv2d: _deform_conv2d_flops}
 
 
 def count_parameters(module: nn.Module) -> int:

@@ -50,8 +50,8 @@ def load_weights(model: ResNet, source: WeightsSource) -> LoadReport:
     """
     state, layout = to_resnetlab_layout(read_state_dict(source))
     report = LoadReport(layout=layout)
+    _fit_head(model, state, report)
     expected = model.state_dict()
-    _fit_head(model, state, expected, report)
     _fit_input_channels(state, expected, report)
     _check_fit(model, state, expected, source)
     model.load_state_dict(state, strict=True)
@@ -60,25 +60,23 @@ def load_weights(model: ResNet, source: WeightsSource) -> LoadReport:
     return report
 
 
-def _fit_head(model: ResNet, state: dict, expected: dict, report: LoadReport) -> None:
+def _fit_head(model: ResNet, state: dict, report: LoadReport) -> None:
     weight = state.get("fc.weight")
     if weight is None or weight.ndim != 2:
         return
-    target = expected.get("fc.weight")
+    target = getattr(model.fc, "weight", None)
     if target is None:
-        message = "the model has no classifier (num_classes=0): the checkpoint's head was dropped"
+        report.messages.append("the model has no classifier (num_classes=0): the checkpoint's head was dropped")
     elif weight.shape[1] == target.shape[1] and weight.shape[0] != target.shape[0]:
-        message = (f"the checkpoint has {weight.shape[0]} classes and the model {target.shape[0]}: "
-                   "the classifier head was re-initialised and needs fine-tuning")
-        model.reset_classifier(target.shape[0])
+        report.messages.append(f"the checkpoint has {weight.shape[0]} classes and the model "
+                               f"{target.shape[0]}: the classifier head was re-initialised and needs fine-tuning")
         report.head_reinitialized = True
+        model.reset_classifier(target.shape[0])
     else:
         return
     state.pop("fc.weight")
     state.pop("fc.bias", None)
-    expected.pop("fc.weight", None)
-    expected.pop("fc.bias", None)
-    report.messages.append(message)
+    state.update({f"fc.{key}": value for key, value in model.fc.state_dict().items()})
 
 
 def _fit_input_channels(state: dict, expected: dict, report: LoadReport) -> None:

@@ -1,0 +1,57 @@
+"""The resnetlab command: tables for people, one-line errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from resnetlab.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_models_lists_every_architecture_with_params_and_gmacs(capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    resnet50 = next(line for line in out.splitlines() if " resnet50 " in line)
+    assert "25.56M" in resnet50 and "4.089" in resnet50 and "224x224" in resnet50
+    assert "cifar_resnet1202" in out and "GMACs" in out and "1 MAC = 2 FLOPs" in out
+
+
+def test_models_filters_by_pattern(capsys):
+    _, out, _ = run(capsys, "models", "wide*")
+    assert "wide_resnet50_2" in out and "resnet18 " not in out
+
+
+def test_summary_prints_the_per_stage_table_and_totals(capsys):
+    code, out, _ = run(capsys, "summary", "resnet50")
+    assert code == 0
+    assert "25,557,032 parameters, 4.09 GMACs (8.18 GFLOPs)" in out
+    layer3 = next(line for line in out.splitlines() if "layer3" in line)
+    assert "14x14" in layer3 and "512->1024" in layer3 and "7,098,368" in layer3
+
+
+def test_summary_at_another_input_size(capsys):
+    _, out, _ = run(capsys, "summary", "resnet50", "--input-size", "448")
+    assert "at 448x448" in out and "16.35 GMACs" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["summary", "resnet51"], "unknown model 'resnet51'; did you mean resnet50"),
+    (["models", "vgg*"], "no model matches 'vgg*'"),
+])
+def test_bad_input_is_one_line_on_stderr(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert err.strip().count("\n") == 0 and message in err
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "resnetlab", "summary", "cifar_resnet56"],
+                            capture_output=True, text=True, check=True)
+    assert "853,018 parameters" in result.stdout

@@ -1,0 +1,103 @@
+"""Every registered architecture builds, runs, trains and has exactly the published size."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from resnetlab import count_parameters, create_model, list_models
+from resnetlab.models.resnet import ResNet
+
+# torchvision's and timm's published counts, to the parameter.
+EXACT_PARAMS = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904, "resnext101_32x8d": 88_791_336, "resnext101_64x4d": 83_455_272,
+    "wide_resnet50_2": 68_883_240, "wide_resnet101_2": 126_886_696,
+    # timm resnetv2_18 ... resnetv2_152 (pre-activation) and seresnet50/101/152
+    "preact_resnet18": 11_687_720, "preact_resnet34": 21_795_880, "preact_resnet50": 25_549_352,
+    "preact_resnet101": 44_541_480, "preact_resnet152": 60_185_128,
+    "se_resnet50": 28_088_024, "se_resnet101": 49_326_872, "se_resnet152": 66_821_848,
+}
+# The papers' figures in millions, as printed (He et al. CVPR 2016 Table 6; ECCV 2016 Table 3).
+# The ECCV paper's 10.2M for ResNet-1001 leaves out BN's 0.15M parameters: the original Torch
+# code has exactly our layers (10.33M in all), and its ResNet-164 figure is 1.7M either way.
+PAPER_PARAMS_MILLIONS = {
+    "cifar_resnet20": "0.27", "cifar_resnet32": "0.46", "cifar_resnet44": "0.66",
+    "cifar_resnet56": "0.85", "cifar_resnet110": "1.7", "cifar_resnet1202": "19.4",
+    "cifar_preact_resnet164": "1.7", "cifar_preact_resnet1001": "10.2",
+}
+PAPER_COUNTS_WITHOUT_BN = {"cifar_preact_resnet1001"}
+
+
+def meta_model(name: str, **options) -> ResNet:
+    with torch.device("meta"):
+        return create_model(name, **options)
+
+
+def test_registry_lists_the_whole_family():
+    names = set(list_models())
+    assert names == set(EXACT_PARAMS) | set(PAPER_PARAMS_MILLIONS)
+    assert list_models("cifar_resnet*") == ["cifar_resnet20", "cifar_resnet32", "cifar_resnet44",
+                                            "cifar_resnet56", "cifar_resnet110", "cifar_resnet1202"]
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_parameter_count_matches_the_reference(name):
+    model = meta_model(name)
+    params = count_parameters(model)
+    if name in EXACT_PARAMS:
+        assert params == EXACT_PARAMS[name]
+        return
+    if name in PAPER_COUNTS_WITHOUT_BN:
+        params -= sum(count_parameters(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    printed = PAPER_PARAMS_MILLIONS[name]
+    decimals = len(printed.split(".")[1])
+    # Equal at the paper's printed precision: within half a unit of its last digit.
+    assert abs(params / 1e6 - float(printed)) <= 0.5 * 10 ** -decimals
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_forward_and_backward(name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=7)
+    size = model.preprocessing.input_size if name.startswith("cifar") else 64
+    images = torch.randn(2, 3, size, size)
+    logits = model(images)
+    assert logits.shape == (2, 7)
+    logits.logsumexp(dim=1).mean().backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, f"{param_name} got no gradient"
+        assert torch.isfinite(param.grad).all(), f"{param_name} has a non-finite gradient"
+
+
+def test_cifar_nets_default_to_ten_classes_and_imagenet_nets_to_a_thousand():
+    assert meta_model("cifar_resnet20").fc.out_features == 10
+    assert meta_model("resnet50").fc.out_features == 1000
+
+
+def test_he_initialisation_and_identity_batch_norm():
+    torch.manual_seed(0)
+    model = create_model("resnet50")
+    conv = model.layer3[0].conv2  # 256 x 256 x 3 x 3: enough weights for a tight estimate
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    assert conv.weight.std().item() == pytest.approx(math.sqrt(2.0 / fan_out), rel=0.02)
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            assert torch.all(module.weight == 1) and torch.all(module.bias == 0)
+
+
+@pytest.mark.parametrize("name, last", [("resnet18", "bn2"), ("resnet50", "bn3"),
+                                        ("preact_resnet50", "conv3"), ("cifar_resnet20", "bn2")])
+def test_zero_init_residual_makes_every_block_start_as_identity(name, last):
+    model = create_model(name, zero_init_residual=True)
+    for stage in model.stages:
+        for block in stage:
+            assert torch.all(getattr(block, last).weight == 0)
+    # An identity block passes its (post-ReLU, non-negative) input through unchanged.
+    model.eval()
+    block = model.stages[0][1]
+    x = torch.rand(1, block.conv1.in_channels, 8, 8)
+    assert torch.allclose(block(x), x)
