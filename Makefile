@@ -13,8 +13,7 @@ $(INSTALLED): pyproject.toml
 	touch $(INSTALLED)
 
 demo: $(INSTALLED)
-	$(BIN)/resnetlab models
-	$(BIN)/resnetlab summary resnet50
+	$(BIN)/resnetlab demo
 
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup

@@ -2,16 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from .atomic import atomic_path
 from .complexity import count_parameters, stage_table
-from .errors import ResnetlabError
-from .models import create_model, list_models
+from .errors import ConfigError, DataError, ResnetlabError
+from .explain import grad_cam, overlay_heatmap
+from .image_input import normalize, read_crop
+from .models import create_model, list_models, load_model
+from .train_command import add_demo_parser, add_evaluation_parsers, add_train_parser
+from .retrieval import (EmbeddingIndex, embed, embed_images, find_images, folder_labels, load_index,
+                        save_index, search)
 
 MACS_NOTE = "MACs are multiply-accumulates (1 MAC = 2 FLOPs) for one image; torchvision's 'GFLOPS' are GMACs."
 
@@ -69,6 +77,70 @@ def cmd_summary(args: argparse.Namespace, console: Console) -> None:
     console.print(table)
 
 
+def cmd_embed(args: argparse.Namespace, console: Console) -> None:
+    if args.out.suffix != ".npz":
+        raise ConfigError(f"--out must end in .npz, not {args.out.name}")
+    paths = find_images(args.dir)  # before the model loads: an empty folder fails at once
+    model = load_model(args.checkpoint)
+    embedded = embed_images(model, paths, args.batch_size)
+    for bad in embedded.skipped:
+        print(f"skipped {bad.reason}", file=sys.stderr)
+    if not embedded.paths:
+        raise DataError(f"none of the {len(paths)} image files in {args.dir} could be read")
+    index = EmbeddingIndex(embedded.embeddings, [str(p.resolve()) for p in embedded.paths],
+                           labels=folder_labels(embedded.paths, args.dir),
+                           checkpoint=str(Path(args.checkpoint).resolve()))
+    save_index(index, args.out)
+    print(f"wrote {args.out}: {len(index.paths)} embeddings of dimension {index.embeddings.shape[1]}"
+          + (f", {len(embedded.skipped)} unreadable files skipped" if embedded.skipped else ""))
+
+
+def cmd_search(args: argparse.Namespace, console: Console) -> None:
+    index = load_index(args.index)
+    checkpoint = args.checkpoint or index.checkpoint
+    if checkpoint is None:
+        raise ConfigError(f"{args.index} does not name its checkpoint; pass --checkpoint")
+    if args.checkpoint is None and not Path(checkpoint).is_file():
+        raise ConfigError(f"{args.index} was built with {checkpoint}, which no longer exists; "
+                          "pass --checkpoint with the same weights")
+    model = load_model(checkpoint).eval()
+    query = normalize(read_crop(args.query, model.preprocessing), model.preprocessing)
+    scores, positions = search(index, embed(model, query.unsqueeze(0)), args.k)
+    hits = [{"rank": rank, "score": round(float(score), 6), "path": index.paths[position],
+             "label": index.labels[position] if index.labels else None}
+            for rank, (score, position) in enumerate(zip(scores[0].tolist(), positions[0].tolist()), 1)]
+    if args.json:
+        print(json.dumps(hits, indent=2))
+        return
+    # Plain lines rather than a table: paths stay whole, to copy or pipe.
+    print(f"{len(hits)} nearest of {len(index.paths)} to {args.query} (cosine similarity):")
+    for hit in hits:
+        label = f"  {hit['label']}" if hit["label"] is not None else ""
+        print(f"{hit['rank']:>3}  {hit['score']:.4f}{label}  {hit['path']}")
+
+
+def cmd_explain(args: argparse.Namespace, console: Console) -> None:
+    if args.out.suffix.lower() != ".png":
+        raise ConfigError(f"--out must end in .png, not {args.out.name}")
+    model = load_model(args.checkpoint)
+    if model.config.num_classes == 0:
+        raise ConfigError(f"{args.checkpoint} has no classifier (num_classes=0); explain needs one")
+    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    if args.class_name is not None and args.class_name not in names:
+        raise ConfigError(f"unknown class {args.class_name!r}; the model knows {', '.join(names)}")
+    crop = read_crop(args.image, model.preprocessing)
+    image = normalize(crop, model.preprocessing)
+    with torch.no_grad():
+        probabilities = model.eval()(image.unsqueeze(0)).softmax(dim=1)[0]
+    predicted = int(probabilities.argmax())
+    target = predicted if args.class_name is None else names.index(args.class_name)
+    heatmap = grad_cam(model, image, target)
+    with atomic_path(args.out) as tmp:
+        overlay_heatmap(crop, heatmap).save(tmp, format="PNG")
+    print(f"predicted {names[predicted]} ({probabilities[predicted]:.1%}); "
+          f"wrote the Grad-CAM of {names[target]} over the image to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnetlab", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -84,6 +156,33 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("--input-size", type=parse_input_size, help="e.g. 224, 448 or 224x160")
     summary.add_argument("--num-classes", type=int, help="classifier width (default: the model's)")
     summary.set_defaults(run=cmd_summary)
+
+    embed_parser = commands.add_parser("embed", help="embed a folder of images into a search index")
+    embed_parser.add_argument("--checkpoint", required=True, help="a .safetensors written by save_weights")
+    embed_parser.add_argument("dir", type=Path, help="folder of images, searched recursively")
+    embed_parser.add_argument("--out", required=True, type=Path, help="the index to write, e.g. index.npz")
+    embed_parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    embed_parser.set_defaults(run=cmd_embed)
+
+    search_parser = commands.add_parser("search", help="the images of an index most similar to a query image")
+    search_parser.add_argument("--index", required=True, type=Path, help="written by `resnetlab embed`")
+    search_parser.add_argument("query", type=Path, help="the query image")
+    search_parser.add_argument("-k", type=int, default=5, help="number of neighbours (default 5)")
+    search_parser.add_argument("--checkpoint", help="weights to embed the query with "
+                         "(default: the checkpoint the index was built with)")
+    search_parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    search_parser.set_defaults(run=cmd_search)
+
+    explain_parser = commands.add_parser("explain", help="Grad-CAM heatmap of a prediction, over the image")
+    explain_parser.add_argument("--checkpoint", required=True, help="a .safetensors classifier from save_weights")
+    explain_parser.add_argument("image", type=Path, help="the image to explain")
+    explain_parser.add_argument("--out", required=True, type=Path, help="the PNG to write, e.g. cam.png")
+    explain_parser.add_argument("--class", dest="class_name",
+                         help="class whose evidence to show (default: the predicted one)")
+    explain_parser.set_defaults(run=cmd_explain)
+    add_train_parser(commands)
+    add_evaluation_parsers(commands)
+    add_demo_parser(commands)
     return parser
 
 

@@ -15,3 +15,7 @@ class ConfigError(ResnetlabError, ValueError):
 
 class CheckpointError(ResnetlabError):
     """A weights file or state dict that cannot be read or does not fit the model."""
+
+
+class DataError(ResnetlabError):
+    """A data folder, image file or dataset archive that cannot be used as given."""

@@ -4,9 +4,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from .resnet import ResNet, ResNetConfig
+
+if TYPE_CHECKING:
+    from ..backbones.features import ResNetFeatures
 
 _CIFAR = dict(stem="cifar", stem_channels=16, channels=(16, 32, 64), num_classes=10)
 
@@ -76,12 +80,28 @@ def model_config(name: str, num_classes: int | None = None, **options) -> ResNet
     return dataclasses.replace(MODELS[name], **options)
 
 
-def create_model(name: str, num_classes: int | None = None, **options) -> ResNet:
+def create_model(name: str, num_classes: int | None = None, *, features_only: bool = False,
+                 out_indices: tuple[int, ...] | None = None, frozen_stages: int | None = None,
+                 norm_eval: bool = False, **options) -> ResNet | ResNetFeatures:
     """Build a registered ResNet, randomly initialised (He init; BN weight 1, bias 0).
 
     ``num_classes`` defaults to the architecture's own (1000 for ImageNet nets, 10 for the
     CIFAR nets); 0 gives a model that returns pooled embeddings. ``options`` are any
     ``ResNetConfig`` fields: ``in_chans``, ``zero_init_residual``, ``deformable``,
     ``drop_path_rate``, ``groups``, ``width_per_group``, ``stride_in_1x1``, ``layers``, ...
+
+    ``features_only=True`` returns a ``ResNetFeatures`` backbone instead: its forward gives
+    the feature maps at ``out_indices`` (0 the stem, 1..N the stages; default all stages),
+    with ``frozen_stages`` and ``norm_eval`` as documented there.
     """
-    return ResNet(model_config(name, num_classes, **options), arch=name)
+    config = model_config(name, num_classes, **options)
+    if not features_only:
+        if out_indices is not None or frozen_stages is not None or norm_eval:
+            raise ConfigError("out_indices, frozen_stages and norm_eval shape a backbone; "
+                              "pass features_only=True with them")
+        return ResNet(config, arch=name)
+    # Imported here because resnetlab.backbones builds on this registry (fpn calls create_model).
+    from ..backbones.features import ResNetFeatures, check_backbone_options
+
+    check_backbone_options(name, len(config.layers), out_indices, frozen_stages)  # before the build
+    return ResNetFeatures(ResNet(config, arch=name), out_indices, frozen_stages, norm_eval)

@@ -133,6 +133,7 @@ class ResNet(nn.Module):
         self.arch = arch  # the registry name it was built from, saved with its weights
         self.preprocessing = config.preprocessing
         self.class_names: list[str] | None = None
+        self._frozen_modules: list[nn.Module] = []  # see freeze()
         preact = config.block_type.preact
 
         if config.stem == "imagenet":
@@ -242,6 +243,30 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def freeze(self, stages: int | None = None, batch_norm: bool = False) -> None:
+        """Stop learning in the stem and the first ``stages`` stages, and/or in every BN layer.
+
+        Frozen modules get no gradients and stay in eval mode through ``train()``, so their
+        BN running statistics are kept too (the fine-tuning and detection practice).
+        """
+        if stages is not None and not 0 <= stages <= len(self.stage_names):
+            raise ConfigError(f"cannot freeze {stages} stages: {self.arch} has {len(self.stage_names)}")
+        frozen: list[nn.Module] = []
+        if stages is not None:
+            frozen = [m for m in (self.conv1, self.bn1) if m is not None] + self.stages[:stages]
+        if batch_norm:
+            frozen += [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
+        for module in frozen:
+            module.requires_grad_(False)
+        self._frozen_modules = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ResNet:
+        super().train(mode)
+        for module in self._frozen_modules:
+            module.eval()
+        return self
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a freshly initialised one (0 removes it: the model returns embeddings)."""

@@ -1,0 +1,47 @@
+"""Evaluate a saved model on a labelled image folder (or CIFAR-10's test split)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import DataConfig
+from ..data.loaders import build_eval_loader
+from ..models import load_model
+from .distributed import Context, resolve_device
+from .loop import evaluate
+from .metrics import ClassificationResult
+from .reports import write_confusion_matrix
+
+
+@dataclass
+class EvaluationReport:
+    checkpoint: str
+    source: str
+    class_names: list[str]
+    result: ClassificationResult
+    confusion_csv: Path
+    confusion_png: Path
+
+    def as_dict(self) -> dict:
+        result = self.result
+        return {"checkpoint": self.checkpoint, "data": self.source, "images": result.count,
+                "top1": result.top1, "top5": result.top5, "loss": result.loss,
+                "per_class": dict(zip(self.class_names, result.per_class)),
+                "confusion_csv": str(self.confusion_csv), "confusion_png": str(self.confusion_png)}
+
+
+def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, split: str | None = None,
+                        batch_size: int = 128, max_per_class: int | None = None,
+                        out_dir: str | os.PathLike | None = None, device: str = "auto") -> EvaluationReport:
+    """Top-1/top-5/per-class accuracy of ``checkpoint`` on ``data``; writes the confusion matrix."""
+    model = load_model(checkpoint)
+    config = DataConfig(data=data, val_split=split, batch_size=batch_size, max_per_class=max_per_class)
+    loader, info = build_eval_loader(config, model.preprocessing, model.class_names)
+    ctx = Context(rank=0, world_size=1, device=resolve_device(device))
+    result = evaluate(model.to(ctx.device), loader, model.config.num_classes, ctx, desc=f"eval {info.val_split}")
+    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / f"eval-{info.val_split}"
+    csv_path, png_path = write_confusion_matrix(result.confusion, names, out)
+    return EvaluationReport(checkpoint=str(checkpoint), source=info.source, class_names=names, result=result,
+                            confusion_csv=csv_path, confusion_png=png_path)

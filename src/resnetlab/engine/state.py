@@ -1,0 +1,41 @@
+"""Training checkpoints: everything a resumed run needs to continue as if never stopped."""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+from ..errors import CheckpointError
+
+
+def rng_state(loader_generator: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "loader": loader_generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict, loader_generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    loader_generator.set_state(state["loader"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(path: Path, state: dict) -> None:
+    """Written atomically: a kill or a full disk mid-write leaves the previous checkpoint intact."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_training_state(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"nothing to resume: {path} does not exist; start the run without --resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a checkpoint is only ever written atomically: this is not ours
+        raise CheckpointError(f"{path} is not a readable training checkpoint: {error}") from error

@@ -1,0 +1,203 @@
+"""``train(config)``: one run from config to best weights, readable top to bottom."""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from ..config import ModelConfig, TrainConfig, config_to_dict
+from ..data.loaders import DataInfo, build_loaders
+from ..errors import ConfigError
+from ..models import ResNet, create_model, load_weights, model_config, save_weights
+from . import distributed
+from .distributed import Context
+from .logbook import Logbook, write_config, write_manifest
+from .loop import StepSettings, cross_entropy_loss, evaluate, train_one_epoch
+from .optim import build_optimizer
+from .schedules import LRSchedule
+from .state import load_training_state, restore_rng_state, rng_state, save_training_state
+
+logger = logging.getLogger("resnetlab")
+
+LAST_STATE = "last.pt"  # everything needed to resume
+BEST_WEIGHTS = "best.safetensors"  # the best validation top-1 so far, with its metadata
+LAST_WEIGHTS = "last.safetensors"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    best_top1: float
+    best_epoch: int
+    final_top1: float
+    epochs_run: int  # in this process's lifetime (fewer than planned after a resume)
+    data: DataInfo
+
+
+def train(config: TrainConfig) -> RunResult:
+    """Train ``config.model`` on ``config.data``; one process, or each rank under torchrun."""
+    ctx = distributed.setup(config.device)
+    try:
+        return _run(config, ctx)
+    finally:
+        distributed.teardown()
+
+
+def _run(config: TrainConfig, ctx: Context) -> RunResult:
+    run_dir = Path(config.out)
+    resumed = load_training_state(run_dir / LAST_STATE) if config.resume else None
+    if resumed is None and (run_dir / LAST_STATE).exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, or choose another --out")
+    _seed_everything(config.seed + ctx.rank, config.deterministic)
+
+    preprocessing = model_config(config.model.name, **config.model.options).preprocessing
+    train_loader, val_loader, data = build_loaders(config.data, preprocessing, seed=config.seed,
+                                                   rank=ctx.rank, world_size=ctx.world_size)
+    model = build_model(config.model, data.num_classes, ctx)
+    model.class_names = list(data.class_names)
+
+    optim = config.optim
+    optimizer = build_optimizer(model, optim.name, optim.lr, optim.momentum, optim.nesterov,
+                                optim.weight_decay, optim.backbone_lr_scale)
+    steps_per_epoch = len(train_loader) // optim.accumulate
+    total_steps = min(config.epochs * steps_per_epoch, config.max_steps or float("inf"))
+    schedule = build_schedule(config, steps_per_epoch, total_steps)
+    autocast_dtype = resolve_precision(config.precision, ctx.device)
+    scaler = torch.amp.GradScaler(ctx.device.type) if autocast_dtype == torch.float16 else None
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(optim.ema_decay), use_buffers=True) \
+        if optim.ema_decay else None
+
+    start_epoch, step, best_top1, best_epoch = 0, 0, -1.0, -1
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if scaler is not None:
+            scaler.load_state_dict(resumed["scaler"])
+        if ema is not None:
+            ema.load_state_dict(resumed["ema"])
+        schedule.plateau.__dict__.update(resumed["plateau"])
+        start_epoch, step = resumed["epoch"] + 1, resumed["step"]
+        best_top1, best_epoch = resumed["best_top1"], resumed["best_epoch"]
+        restore_rng_state(resumed["rng"], train_loader.generator)
+        if ctx.is_main:
+            logger.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
+
+    trained = model
+    if ctx.world_size > 1:
+        trained = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if config.model.compile:
+        trained = torch.compile(trained)
+    evaluated = ema.module if ema is not None else model  # EMA weights are the ones kept
+
+    logbook = None
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_dict = config_to_dict(config)
+        write_config(run_dir, config_dict)
+        write_manifest(run_dir, config_dict, config.seed, _data_record(data))
+        logbook = Logbook(run_dir)
+        logbook.keep_epochs_before(start_epoch)
+        logger.info("%s: %s parameters, %d epochs of %d steps, global batch %d, on %s%s",
+                    config.model.name, f"{sum(p.numel() for p in model.parameters()):,}", config.epochs,
+                    steps_per_epoch, config.data.batch_size * ctx.world_size * optim.accumulate,
+                    ctx.device, f" x {ctx.world_size} processes" if ctx.world_size > 1 else "")
+
+    settings = StepSettings(base_lr=optim.lr, accumulate=optim.accumulate, grad_clip=optim.grad_clip,
+                            autocast_dtype=autocast_dtype, channels_last=config.model.channels_last,
+                            max_steps=total_steps)
+    compute_loss = cross_entropy_loss(optim.label_smoothing)
+    epochs_run, val = 0, None
+    for epoch in range(start_epoch, config.epochs):
+        if step >= total_steps:
+            break
+        train_loader.sampler.set_epoch(epoch)
+        stats = train_one_epoch(trained, train_loader, optimizer, schedule, compute_loss, settings, ctx,
+                                step=step, epoch=epoch, scaler=scaler, ema=ema)
+        step = stats.step
+        val = evaluate(evaluated, val_loader, data.num_classes, ctx, autocast_dtype=autocast_dtype,
+                       channels_last=config.model.channels_last, desc=f"epoch {epoch + 1} {data.val_split}")
+        schedule.observe(val.top1)
+        epochs_run += 1
+        improved = val.top1 > best_top1
+        if improved:
+            best_top1, best_epoch = val.top1, epoch
+        if ctx.is_main:
+            save_weights(evaluated, run_dir / LAST_WEIGHTS)
+            if improved:
+                save_weights(evaluated, run_dir / BEST_WEIGHTS)
+            save_training_state(run_dir / LAST_STATE, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None, "ema": ema.state_dict() if ema else None,
+                "plateau": dict(schedule.plateau.__dict__), "epoch": epoch, "step": step,
+                "best_top1": best_top1, "best_epoch": best_epoch, "rng": rng_state(train_loader.generator),
+            })
+            logbook.record({
+                "epoch": epoch, "step": step, "lr": stats.lr, "train_loss": stats.loss, "train_top1": stats.top1,
+                "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
+                "images_per_second": stats.images_per_second, "seconds": stats.seconds,
+            })
+            top5 = f", top-5 {100 * val.top5:.2f}%" if val.top5 is not None else ""
+            logger.info("epoch %d/%d: train loss %.4f, %s loss %.4f, top-1 %.2f%%%s, lr %.4g, %.0f img/s",
+                        epoch + 1, config.epochs, stats.loss, data.val_split, val.loss, 100 * val.top1, top5,
+                        stats.lr, stats.images_per_second)
+
+    if ctx.is_main:
+        logbook.draw_curves()
+        logbook.close()
+        bad = f"; {len(data.bad_files)} bad image(s) skipped" if data.bad_files else ""
+        logger.info("best %s top-1 %.2f%% after epoch %d: %s%s", data.val_split, 100 * best_top1,
+                    best_epoch + 1, run_dir / BEST_WEIGHTS, bad)
+    return RunResult(run_dir=run_dir, best_top1=best_top1, best_epoch=best_epoch,
+                     final_top1=val.top1 if val else best_top1, epochs_run=epochs_run, data=data)
+
+
+def build_model(config: ModelConfig, num_classes: int, ctx: Context) -> ResNet:
+    """The network with its starting weights, frozen parts, memory layout and device."""
+    model = create_model(config.name, num_classes=num_classes, **config.options)
+    if config.weights:
+        load_weights(model, config.weights)  # a new class count re-initialises the head
+    model.freeze(config.frozen_stages, config.freeze_bn)
+    if config.sync_bn and ctx.world_size > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    return model.to(ctx.device, memory_format=memory_format)
+
+
+def build_schedule(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> LRSchedule:
+    schedule = config.schedule
+    per_unit = steps_per_epoch if schedule.unit == "epoch" else 1
+    return LRSchedule(schedule.name, total_steps=total_steps, warmup_steps=round(schedule.warmup * per_unit),
+                      milestones=tuple(round(m * per_unit) for m in schedule.milestones), gamma=schedule.gamma,
+                      min_factor=schedule.min_lr_ratio, patience=schedule.patience)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. ``auto``: bf16 on GPUs that have it, fp32 on CPUs.
+
+    bf16 autocast on a CPU without native bf16 (AVX-512 BF16 or AMX) is slower than fp32.
+    """
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 mixed precision needs a CUDA GPU; on CPU use bf16 or fp32")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+
+
+def _data_record(data: DataInfo) -> dict:
+    return {"source": data.source, "classes": list(data.class_names), "train_images": data.num_train,
+            "val_images": data.num_val, "val_split": data.val_split, "file_list_sha256": data.file_list_hash,
+            "bad_files": [str(bad.path) for bad in data.bad_files]}

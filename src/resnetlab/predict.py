@@ -1,0 +1,64 @@
+"""Predict classes of image files with a saved model."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .data.datasets import BadImage
+from .errors import DataError
+from .image_input import normalize, read_crop
+from .models import ResNet
+from .retrieval import find_images
+
+
+@dataclass
+class Prediction:
+    path: str
+    labels: list[str]  # most probable first
+    probabilities: list[float]
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "top": [{"label": label, "probability": round(p, 6)}
+                                           for label, p in zip(self.labels, self.probabilities)]}
+
+
+def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Files as given, folders searched recursively for images."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += find_images(item)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError(f"{item} does not exist; give image files or folders of images")
+    return paths
+
+
+@torch.inference_mode()
+def predict_files(model: ResNet, paths: list[Path], top_k: int = 5, batch_size: int = 32
+                  ) -> tuple[list[Prediction], list[BadImage]]:
+    """Top-k labels and softmax probabilities per readable file; unreadable ones come back apart."""
+    model.eval()
+    device = next(model.parameters()).device
+    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    k = min(top_k, len(names))
+    predictions, bad = [], []
+    for start in range(0, len(paths), batch_size):
+        crops, kept = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                crops.append(read_crop(path, model.preprocessing))
+                kept.append(path)
+            except DataError as error:
+                bad.append(BadImage(path, str(error)))
+        if not crops:
+            continue
+        probabilities = model(normalize(torch.stack(crops), model.preprocessing).to(device)).softmax(dim=1)
+        top = probabilities.topk(k, dim=1)
+        for path, values, indices in zip(kept, top.values.tolist(), top.indices.tolist()):
+            predictions.append(Prediction(str(path), [names[i] for i in indices], values))
+    return predictions, bad

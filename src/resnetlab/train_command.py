@@ -1,0 +1,241 @@
+"""``resnetlab train``: flags and recipe files become one ``TrainConfig``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.table import Table
+
+from .config import TrainConfig, apply_overrides, config_from_dict, config_to_dict, load_recipe
+from .errors import ConfigError, DataError
+
+# flag dest -> dotted key in TrainConfig. A flag left unset keeps the recipe's (or default) value.
+FLAG_KEYS = {
+    "model": "model.name", "weights": "model.weights", "zero_init_residual": "model.options.zero_init_residual", "freeze": "model.freeze", "freeze_bn": "model.freeze_bn",
+    "sync_bn": "model.sync_bn", "channels_last": "model.channels_last", "compile": "model.compile",
+    "data": "data.data", "batch_size": "data.batch_size", "workers": "data.workers",
+    "max_per_class": "data.max_per_class", "augment": "data.augment", "auto_augment": "data.auto_augment",
+    "color_jitter": "data.color_jitter", "mixup": "data.mixup_alpha", "cutmix": "data.cutmix_alpha",
+    "bad_images": "data.bad_images", "input_size": "data.input_size",
+    "optimizer": "optim.name", "lr": "optim.lr", "momentum": "optim.momentum", "nesterov": "optim.nesterov",
+    "weight_decay": "optim.weight_decay", "backbone_lr_scale": "optim.backbone_lr_scale",
+    "label_smoothing": "optim.label_smoothing", "grad_clip": "optim.grad_clip",
+    "accumulate": "optim.accumulate", "ema_decay": "optim.ema_decay",
+    "schedule": "schedule.name", "warmup": "schedule.warmup", "milestones": "schedule.milestones",
+    "epochs": "epochs", "max_steps": "max_steps", "seed": "seed", "precision": "precision",
+    "device": "device", "deterministic": "deterministic", "out": "out",
+}
+
+
+def add_train_parser(commands) -> None:
+    train = commands.add_parser(
+        "train", help="train or fine-tune on an image folder or CIFAR-10",
+        description="Train a ResNet. A recipe (YAML) gives every setting; flags and --set override it.")
+    train.add_argument("--recipe", type=Path, help="YAML recipe, e.g. recipes/cifar10_resnet20.yaml or RUN_DIR/config.yaml")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue RUN_DIR from its last checkpoint, with its config.yaml")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")
+    section = train.add_argument_group("model")
+    section.add_argument("--model", help="architecture name (`resnetlab models`)")
+    section.add_argument("--weights", help="start from these weights: path, URL or run's .safetensors")
+    section.add_argument("--freeze", help="stages:K freezes the stem and the first K stages")
+    _flag(section, "--zero-init-residual", "zero each block's last BN: blocks start as identities")
+    _flag(section, "--freeze-bn", "keep every BN layer's statistics and parameters")
+    _flag(section, "--sync-bn", "BN statistics over all processes under torchrun")
+    _flag(section, "--channels-last", "NHWC memory layout (faster on tensor-core GPUs)")
+    _flag(section, "--compile", "torch.compile the model")
+    section = train.add_argument_group("data")
+    section.add_argument("--data", help="image folder (DIR/train/<class>/*, DIR/val or DIR/test), or cifar10")
+    section.add_argument("--batch-size", type=int, help="images per batch on each process")
+    section.add_argument("--workers", type=int, help="data loading processes")
+    section.add_argument("--max-per-class", type=int, help="use the first N images of each class")
+    section.add_argument("--augment", choices=("auto", "imagenet", "cifar", "none"))
+    section.add_argument("--auto-augment", choices=("randaugment", "autoaugment-imagenet", "autoaugment-cifar10"))
+    section.add_argument("--color-jitter", type=float)
+    section.add_argument("--mixup", type=float, metavar="ALPHA")
+    section.add_argument("--cutmix", type=float, metavar="ALPHA")
+    section.add_argument("--bad-images", choices=("skip", "error"), help="skip (default) or stop on unreadable files")
+    section.add_argument("--input-size", type=int, help="crop side in pixels (default: the model's)")
+    section = train.add_argument_group("optimisation")
+    section.add_argument("--optimizer", choices=("sgd", "adamw"))
+    section.add_argument("--lr", type=float, help="peak learning rate for the global batch")
+    section.add_argument("--momentum", type=float)
+    _flag(section, "--nesterov", "Nesterov momentum")
+    section.add_argument("--weight-decay", type=float)
+    section.add_argument("--backbone-lr-scale", type=float, help="backbone lr = lr x this (fine-tuning: 0.1)")
+    section.add_argument("--label-smoothing", type=float)
+    section.add_argument("--grad-clip", type=float, help="max gradient norm")
+    section.add_argument("--accumulate", type=int, help="batches per optimizer step")
+    section.add_argument("--ema-decay", type=float, help="EMA of weights, e.g. 0.999")
+    section.add_argument("--schedule", choices=("cosine", "step", "plateau", "constant"))
+    section.add_argument("--warmup", type=float, help="linear warmup length (schedule unit, epochs by default)")
+    section.add_argument("--milestones", type=_numbers, help="step decay points, e.g. 82,123")
+    section = train.add_argument_group("run")
+    section.add_argument("--epochs", type=int)
+    section.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    section.add_argument("--seed", type=int)
+    section.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    section.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    _flag(section, "--deterministic", "deterministic kernels: bit-identical reruns and resumes on CPU")
+    section.add_argument("--out", help="run directory (default runs/train)")
+    train.set_defaults(run=cmd_train)
+
+
+def _flag(group, name: str, help_text: str) -> None:
+    # Unset stays None so that a recipe's value is kept; given means True.
+    group.add_argument(name, action="store_const", const=True, default=None, help=help_text)
+
+
+def _numbers(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",") if part]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, e.g. 82,123, not {text!r}")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """Recipe (or the resumed run's config.yaml), then flags, then --set overrides."""
+    if args.resume is not None and args.recipe is not None:
+        raise ConfigError("--resume reads the run's own config.yaml; leave out --recipe")
+    recipe = args.resume / "config.yaml" if args.resume is not None else args.recipe
+    values = config_to_dict(TrainConfig())
+    if recipe is not None:
+        values = _merge(values, load_recipe(recipe))
+    flags = [f"{key}={_yaml_value(getattr(args, dest))}" for dest, key in FLAG_KEYS.items()
+             if getattr(args, dest) is not None]
+    if args.resume is not None:
+        flags += [f"out={_yaml_value(str(args.resume))}", "resume=true"]
+    return config_from_dict(apply_overrides(values, flags + args.overrides))
+
+
+def _merge(base: dict, update: dict) -> dict:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) \
+            else value
+    return merged
+
+
+def _yaml_value(value) -> str:
+    # Quote strings so that YAML parsing in apply_overrides keeps "1e-4"-like names as given.
+    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def cmd_train(args: argparse.Namespace, console) -> None:
+    from .engine.trainer import train  # torch distributed and the data stack load only for training
+
+    train(config_from_args(args))
+
+
+def add_evaluation_parsers(commands) -> None:
+    evaluate = commands.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion matrix")
+    evaluate.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    evaluate.add_argument("--data", required=True,
+                          help="image folder (its val/ or test/ split, or class folders directly), or cifar10")
+    evaluate.add_argument("--split", help="the folder to evaluate on (default: val, else test)")
+    evaluate.add_argument("--batch-size", type=int, default=128)
+    evaluate.add_argument("--max-per-class", type=int, help="evaluate the first N images of each class")
+    evaluate.add_argument("--out", type=Path, help="where confusion.csv/png go (default: beside the checkpoint)")
+    evaluate.add_argument("--device", default="auto")
+    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    evaluate.set_defaults(run=cmd_eval)
+
+    predict = commands.add_parser("predict", help="top-k labels of image files")
+    predict.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    predict.add_argument("-k", "--top-k", type=int, default=5)
+    predict.add_argument("--device", default="auto")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    predict.set_defaults(run=cmd_predict)
+
+
+def cmd_eval(args: argparse.Namespace, console) -> None:
+    from .engine.evaluation import evaluate_checkpoint
+
+    report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
+                                 max_per_class=args.max_per_class, out_dir=args.out, device=args.device)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_evaluation(report, console)
+
+
+def print_evaluation(report, console) -> None:
+    result = report.result
+    top5 = f", top-5 {100 * result.top5:.2f}%" if result.top5 is not None else ""
+    console.print(f"{report.checkpoint} on {report.source} ({result.count:,} images): "
+                  f"top-1 {100 * result.top1:.2f}%{top5}, loss {result.loss:.4f}")
+    table = Table(title="per-class accuracy")
+    for column in ("class", "images", "top-1"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, accuracy, count in zip(report.class_names, result.per_class, result.confusion.sum(dim=1).tolist()):
+        table.add_row(name, f"{count:,}", f"{100 * accuracy:.1f}%")
+    console.print(table)
+    console.print(f"confusion matrix: {report.confusion_csv} and {report.confusion_png}")
+
+
+def cmd_predict(args: argparse.Namespace, console) -> None:
+    from .engine.distributed import resolve_device
+    from .models import load_model
+    from .predict import image_paths, predict_files
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")
+    paths = image_paths(args.inputs)  # before the model loads: a wrong path fails at once
+    model = load_model(args.checkpoint).to(resolve_device(args.device))
+    predictions, bad = predict_files(model, paths, args.top_k)
+    for skipped in bad:
+        print(f"skipped {skipped.reason}", file=sys.stderr)
+    if args.json:
+        print(json.dumps([p.as_dict() for p in predictions], indent=2))
+    else:
+        print_predictions(predictions)
+    if not predictions:
+        raise DataError(f"none of the {len(paths)} files could be read as images")
+
+
+def print_predictions(predictions) -> None:
+    for prediction in predictions:
+        ranked = ", ".join(f"{label} {100 * p:.1f}%" for label, p in zip(prediction.labels, prediction.probabilities))
+        print(f"{prediction.path}: {ranked}")
+
+
+def add_demo_parser(commands) -> None:
+    demo = commands.add_parser("demo", help="train, evaluate and predict on real CIFAR-10 images shipped "
+                                            "with resnetlab (about a minute on a CPU)")
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="where the data and runs go")
+    demo.add_argument("--epochs", type=int, default=5)
+    demo.set_defaults(run=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace, console) -> None:
+    from .config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig
+    from .demo import extract_demo_data, new_run_dir
+    from .engine.evaluation import evaluate_checkpoint
+    from .engine.trainer import BEST_WEIGHTS, train
+    from .models import load_model
+    from .predict import predict_files
+
+    data = extract_demo_data(args.out)
+    run_dir = new_run_dir(args.out)
+    console.rule("1/3  train cifar_resnet20 on 5,000 real CIFAR-10 images")
+    train(TrainConfig(model=ModelConfig(name="cifar_resnet20"), data=DataConfig(data=str(data), batch_size=32),
+                      optim=OptimConfig(lr=0.05, weight_decay=5e-4), schedule=ScheduleConfig(warmup=0.5),
+                      epochs=args.epochs, out=str(run_dir)))
+    best = run_dir / BEST_WEIGHTS
+    console.rule("2/3  evaluate on 1,000 held-out images")
+    print_evaluation(evaluate_checkpoint(best, str(data)), console)
+    console.rule("3/3  predict")
+    samples = [sorted((data / "test" / name).iterdir())[0] for name in ("cat", "ship", "truck")]
+    print_predictions(predict_files(load_model(best), samples, top_k=3)[0])
+    console.rule("your turn")
+    console.print(
+        f"Run folder: {run_dir} (config.yaml, manifest.json, metrics.jsonl, curves.png, best.safetensors)\n"
+        "Train on your own images, laid out as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg:\n"
+        "  resnetlab train --recipe recipes/finetune_resnet18.yaml --data DIR --out runs/mine\n"
+        "  resnetlab eval --checkpoint runs/mine/best.safetensors --data DIR\n"
+        "  resnetlab predict --checkpoint runs/mine/best.safetensors photo.jpg\n"
+        "The paper's CIFAR-10 schedule: resnetlab train --recipe recipes/cifar10_resnet20.yaml", markup=False)

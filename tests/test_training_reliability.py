@@ -1,0 +1,163 @@
+"""Nothing is lost: kill -9 and resume, failed checkpoint writes, diverging runs, bad input, torchrun."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import resnetlab.engine.state as state_module
+from resnetlab.cli import main
+from resnetlab.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from resnetlab.engine.loop import TrainingDiverged
+from resnetlab.engine.state import load_training_state, save_training_state
+from resnetlab.engine.trainer import build_schedule, train
+from resnetlab.train_command import config_from_args
+from resnetlab.cli import build_parser
+from subsets import cifar_subset
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.fixture(scope="module")
+def cifar_small(cifar10_root, tmp_path_factory) -> Path:
+    """1,000 real training images and 200 test images."""
+    return cifar_subset(cifar10_root, tmp_path_factory.mktemp("cifar1k"), train_per_class=100, test_per_class=20)
+
+
+def cli_train(*args: str, timeout: float = 300, env: dict | None = None, background: bool = False):
+    command = [sys.executable, "-m", "resnetlab", "train", *args]
+    environment = {**os.environ, **(env or {})}
+    if background:
+        return subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
+
+
+def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(cifar_small, tmp_path):
+    common = ["--model", "cifar_resnet20", "--data", str(cifar_small), "--epochs", "4", "--batch-size", "50",
+              "--max-per-class", "40", "--deterministic", "--seed", "3"]
+    reference = cli_train(*common, "--out", str(tmp_path / "whole"))
+    assert reference.returncode == 0, reference.stderr
+
+    killed = cli_train(*common, "--out", str(tmp_path / "killed"), background=True)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # well into the second epoch
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    done_before_kill = load_training_state(tmp_path / "killed" / "last.pt")["epoch"]
+    assert done_before_kill < 3, "the run finished before it could be killed"
+
+    resumed = cli_train("--resume", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {tmp_path / 'killed'} after epoch {done_before_kill + 1}" in resumed.stderr
+
+    whole = load_training_state(tmp_path / "whole" / "last.pt")
+    again = load_training_state(tmp_path / "killed" / "last.pt")
+    assert whole["epoch"] == again["epoch"] == 3
+    for key, value in whole["model"].items():
+        assert torch.equal(value, again["model"][key]), key
+    epochs_logged = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
+    assert epochs_logged == [0, 1, 2, 3]
+
+
+def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_training_state(path, {"epoch": 1, "weights": torch.ones(3)})
+
+    def disk_full(obj, target):
+        Path(target).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(state_module.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_training_state(path, {"epoch": 2, "weights": torch.zeros(3)})
+    monkeypatch.undo()
+    assert load_training_state(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_diverging_run_stops_naming_step_and_lr_and_keeps_the_last_good_checkpoint(cifar_small, tmp_path):
+    config = TrainConfig(model=ModelConfig(name="cifar_resnet20"), data=DataConfig(data=str(cifar_small), batch_size=50),
+                         epochs=1, out=str(tmp_path / "run"))
+    train(config)
+    good = load_training_state(tmp_path / "run" / "last.pt")
+    exploding = TrainConfig(model=config.model, data=config.data, optim=OptimConfig(lr=1e12), epochs=2,
+                            out=config.out, resume=True)
+    with pytest.raises(TrainingDiverged, match=r"the loss became (nan|inf) at step \d+ \(lr [0-9.e+]+\)"):
+        train(exploding)
+    kept = load_training_state(tmp_path / "run" / "last.pt")
+    assert kept["epoch"] == good["epoch"] == 0
+    assert all(torch.equal(kept["model"][k], v) for k, v in good["model"].items())
+
+
+@pytest.mark.parametrize("data, message", [
+    ("{missing}", "does not exist"),
+    ("{empty_class}", "has no image files"),
+])
+def test_bad_data_is_one_line_before_any_training(tmp_path, capsys, data, message):
+    (tmp_path / "empty_class" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "empty_class" / "val" / "cat").mkdir(parents=True)
+    folder = data.format(missing=tmp_path / "missing", empty_class=tmp_path / "empty_class")
+    code = main(["train", "--data", folder, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    code = main(["train", "--resume", str(tmp_path / "never-ran")])
+    assert code == 2 and "nothing to resume" in capsys.readouterr().err
+
+
+def test_the_cifar_recipe_is_the_papers_schedule_and_flags_override_it():
+    args = build_parser().parse_args(["train", "--recipe", str(RECIPES / "cifar10_resnet20.yaml"),
+                                      "--seed", "7", "--set", "data.workers=0"])
+    config = config_from_args(args)
+    assert (config.model.name, config.data.batch_size, config.optim.lr) == ("cifar_resnet20", 128, 0.1)
+    assert (config.optim.momentum, config.optim.weight_decay, config.max_steps) == (0.9, 1e-4, 64_000)
+    assert (config.seed, config.data.workers) == (7, 0)
+    schedule = build_schedule(config, steps_per_epoch=390, total_steps=64_000)
+    assert [schedule(s) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_unknown_recipe_keys_are_refused_with_a_suggestion(tmp_path, capsys):
+    recipe = tmp_path / "typo.yaml"
+    recipe.write_text("optim:\n  lr: 0.1\n  wieght_decay: 0.1\n")
+    code = main(["train", "--recipe", str(recipe)])
+    assert code == 2 and "unknown key 'optim.wieght_decay'; did you mean optim.weight_decay?" in capsys.readouterr().err
+
+
+def test_torchrun_with_two_processes_follows_the_single_process_loss_curve(cifar_small, tmp_path):
+    common = ["--model", "cifar_resnet20", "--data", str(cifar_small), "--epochs", "2", "--seed", "0",
+              "--augment", "none", "--workers", "0"]
+    single = cli_train(*common, "--batch-size", "50", "--out", str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
+    pair = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "resnetlab",
+         "train", *common, "--batch-size", "25", "--out", str(tmp_path / "pair")],
+        env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert pair.returncode == 0, pair.stderr
+    assert "x 2 processes" in pair.stderr and "global batch 50" in pair.stderr
+
+    def curve(run: str) -> list[dict]:
+        return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+
+    single_curve, pair_curve = curve("single"), curve("pair")
+    assert len(single_curve) == len(pair_curve) == 2
+    for one, two in zip(single_curve, pair_curve):
+        assert one["step"] == two["step"] == 20 * (one["epoch"] + 1)
+        # Same images in the same global batches; only BN sees half-batches under DDP.
+        assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.05)
+        assert two["val_top1"] == pytest.approx(one["val_top1"], abs=0.08)
