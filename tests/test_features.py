@@ -88,6 +88,20 @@ def test_features_equal_the_classifiers_own_activations(name):
         assert torch.equal(feature, expected)
 
 
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18"])
+def test_stem_feature_is_the_activation_before_the_max_pool(name):
+    classifier = create_model(name).eval()
+    backbone = ResNetFeatures(classifier, out_indices=(0, 1)).eval()
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        stem, layer1 = backbone(x)
+        pooled_inputs = []
+        classifier.maxpool.register_forward_pre_hook(lambda module, args: pooled_inputs.append(args[0]))
+        expected_layer1 = classifier.layer1(classifier.forward_stem(x))
+    assert stem.shape == (1, 64, 32, 24)  # stride 2, as feature_info[0] declares
+    assert torch.equal(stem, pooled_inputs[0]) and torch.equal(layer1, expected_layer1)
+
+
 def test_state_dict_keys_are_the_classifiers_without_the_head_and_dropped_stages():
     classifier_keys = set(create_model("resnet50").state_dict())
     backbone_keys = set(create_model("resnet50", features_only=True).state_dict())
@@ -113,7 +127,7 @@ def test_frozen_stages_get_no_gradients_and_stay_unchanged_by_a_step():
     backbone = create_model("resnet18", features_only=True, frozen_stages=2)
     frozen = ("conv1.", "bn1.", "layer1.", "layer2.")
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
-    optimizer = torch.optim.SGD([p for p in backbone.parameters() if p.requires_grad], lr=0.1)
+    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.1, momentum=0.9)  # all of them, carelessly
     backbone.train()
     sum(f.square().mean() for f in backbone(torch.randn(2, 3, 64, 64))).backward()
     optimizer.step()

@@ -17,7 +17,7 @@ from .errors import ConfigError, DataError, ResnetlabError
 from .explain import grad_cam, overlay_heatmap
 from .image_input import normalize, read_crop
 from .models import create_model, list_models, load_model
-from .train_command import add_demo_parser, add_evaluation_parsers, add_train_parser
+from .cli_training import add_demo_parser, add_evaluation_parsers, add_train_parser
 from .retrieval import (EmbeddingIndex, embed, embed_images, find_images, folder_labels, load_index,
                         save_index, search)
 

@@ -139,7 +139,7 @@ def load_index(path: str | os.PathLike) -> EmbeddingIndex:
                 labels=arrays["labels"].tolist() if "labels" in arrays else None,
                 checkpoint=str(arrays["checkpoint"]) if "checkpoint" in arrays else None,
             )
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:  # truncated, not npz, pickled
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:  # truncated, pickled, ...
         raise DataError(f"{path} is not a readable index ({error}); {build}") from error
 
 

@@ -18,7 +18,7 @@ from ..models import ResNet, create_model, load_weights, model_config, save_weig
 from . import distributed
 from .distributed import Context
 from .logbook import Logbook, write_config, write_manifest
-from .loop import StepSettings, cross_entropy_loss, evaluate, train_one_epoch
+from .loop import StepSettings, TrainingDiverged, cross_entropy_loss, evaluate, train_one_epoch
 from .optim import build_optimizer
 from .schedules import LRSchedule
 from .state import load_training_state, restore_rng_state, rng_state, save_training_state
@@ -120,8 +120,12 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
         stats = train_one_epoch(trained, train_loader, optimizer, schedule, compute_loss, settings, ctx,
                                 step=step, epoch=epoch, scaler=scaler, ema=ema)
         step = stats.step
-        val = evaluate(evaluated, val_loader, data.num_classes, ctx, autocast_dtype=autocast_dtype,
-                       channels_last=config.model.channels_last, desc=f"epoch {epoch + 1} {data.val_split}")
+        try:
+            val = evaluate(evaluated, val_loader, data.num_classes, ctx, autocast_dtype=autocast_dtype,
+                           channels_last=config.model.channels_last, desc=f"epoch {epoch + 1} {data.val_split}")
+        except TrainingDiverged as error:
+            raise TrainingDiverged(f"{error} by step {step} (lr {stats.lr:.4g}); the last good checkpoint is "
+                                   "kept. Lower the lr, add warmup, or set a gradient clip (--grad-clip)") from error
         schedule.observe(val.top1)
         epochs_run += 1
         improved = val.top1 > best_top1

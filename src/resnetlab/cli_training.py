@@ -1,4 +1,7 @@
-"""``resnetlab train``: flags and recipe files become one ``TrainConfig``."""
+"""The training side of the ``resnetlab`` command: train, eval, predict, demo.
+
+``train`` turns a recipe file, flags and ``--set`` overrides into one ``TrainConfig``.
+"""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +16,8 @@ from .errors import ConfigError, DataError
 
 # flag dest -> dotted key in TrainConfig. A flag left unset keeps the recipe's (or default) value.
 FLAG_KEYS = {
-    "model": "model.name", "weights": "model.weights", "zero_init_residual": "model.options.zero_init_residual", "freeze": "model.freeze", "freeze_bn": "model.freeze_bn",
+    "model": "model.name", "weights": "model.weights", "zero_init_residual": "model.options.zero_init_residual",
+    "freeze": "model.freeze", "freeze_bn": "model.freeze_bn",
     "sync_bn": "model.sync_bn", "channels_last": "model.channels_last", "compile": "model.compile",
     "data": "data.data", "batch_size": "data.batch_size", "workers": "data.workers",
     "max_per_class": "data.max_per_class", "augment": "data.augment", "auto_augment": "data.auto_augment",
@@ -101,6 +105,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.resume is not None and args.recipe is not None:
         raise ConfigError("--resume reads the run's own config.yaml; leave out --recipe")
     recipe = args.resume / "config.yaml" if args.resume is not None else args.recipe
+    if args.resume is not None and not recipe.is_file():
+        raise ConfigError(f"nothing to resume: {recipe} does not exist; is {args.resume} a run directory?")
     values = config_to_dict(TrainConfig())
     if recipe is not None:
         values = _merge(values, load_recipe(recipe))
