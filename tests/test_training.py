@@ -15,6 +15,8 @@ from resnetlab.engine.trainer import train
 from subsets import cifar_subset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# One worker trains the shared run once (under pytest-xdist a module fixture runs per worker).
+pytestmark = pytest.mark.xdist_group("cifar_5k")
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -91,5 +92,6 @@ def _to_rgb_tensor(image: Image.Image) -> torch.Tensor:
 def _first_line(error: Exception) -> str:
     if isinstance(error, UnidentifiedImageError):
         return "unknown format, or not an image at all"  # PIL's own message repeats the file name
-    text = str(error).strip()
+    # PIL names the in-memory buffer it read from ("<_io.BytesIO object at 0x7f...>"): noise.
+    text = re.sub(r"<_io\.\w+ object at 0x[0-9a-f]+>", "the file", str(error).strip())
     return text.splitlines()[0] if text else type(error).__name__
