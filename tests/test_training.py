@@ -117,26 +117,6 @@ def test_training_refuses_to_overwrite_a_run(trained_run):
         train(config)
 
 
-def test_fine_tuning_from_a_pretrained_subset_beats_training_from_scratch(cifar10_root, tmp_path):
-    """Pretrain on five CIFAR-10 classes, fine-tune on the other five with 50 images a class."""
-    pretrain_data = cifar_subset(cifar10_root, tmp_path / "first5", 600, 10, classes=range(5))
-    target_data = cifar_subset(cifar10_root, tmp_path / "last5", 50, 100, classes=range(5, 10))
-    pretrained = train(TrainConfig(
-        model=ModelConfig(name="cifar_resnet20"), data=DataConfig(data=str(pretrain_data), batch_size=64),
-        optim=OptimConfig(lr=0.1), schedule=ScheduleConfig(warmup=0.5), epochs=4, out=str(tmp_path / "pretrain")))
-
-    def fine_tune(weights: str | None, name: str):
-        return train(TrainConfig(
-            model=ModelConfig(name="cifar_resnet20", weights=weights),
-            data=DataConfig(data=str(target_data), batch_size=25),
-            optim=OptimConfig(lr=0.05), epochs=6, out=str(tmp_path / name)))
-
-    scratch = fine_tune(None, "scratch")
-    transferred = fine_tune(str(pretrained.run_dir / "best.safetensors"), "transfer")
-    assert transferred.data.num_train == 250
-    assert transferred.best_top1 > scratch.best_top1 + 0.03
-
-
 def test_fine_tuning_on_real_photos_of_many_sizes(hymenoptera_root, tmp_path, caplog):
     """Ants vs bees: real photos of many sizes and a palette image; a 1000-class start, a new head."""
     torch.manual_seed(0)
