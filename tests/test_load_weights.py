@@ -26,6 +26,15 @@ def hub_dir(tmp_path, monkeypatch):
     return tmp_path / "torch_home" / "hub" / "checkpoints"
 
 
+def write_weights(model: torch.nn.Module, path: Path) -> Path:
+    """The state dict as safetensors or as a torch pickle, by the path's suffix."""
+    if path.suffix == ".safetensors":
+        save_file(model.state_dict(), path)
+    else:
+        torch.save(model.state_dict(), path)
+    return path
+
+
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -33,11 +42,7 @@ def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 @pytest.mark.parametrize("suffix", [".pth", ".pt", ".safetensors"])
 def test_loads_from_a_file(source_model, tmp_path, suffix):
-    path = tmp_path / f"weights{suffix}"
-    if suffix == ".safetensors":
-        save_file(source_model.state_dict(), path)
-    else:
-        torch.save(source_model.state_dict(), path)
+    path = write_weights(source_model, tmp_path / f"weights{suffix}")
     model = create_model("resnet18", num_classes=10)
     report = load_weights(model, path)
     assert same_weights(model, source_model)
@@ -145,11 +150,7 @@ def test_unknown_keys_are_reported_by_name(source_model):
 
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_truncated_file_is_reported_as_such(source_model, tmp_path, suffix):
-    path = tmp_path / f"weights{suffix}"
-    if suffix == ".safetensors":
-        save_file(source_model.state_dict(), path)
-    else:
-        torch.save(source_model.state_dict(), path)
+    path = write_weights(source_model, tmp_path / f"weights{suffix}")
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_weights(create_model("resnet18", num_classes=10), path)
