@@ -19,12 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from resnetlab import create_model, load_model, save_weights
+from resnetlab.data.datasets import decode_files
+from resnetlab.data.folders import scan_split
 from resnetlab.data.transforms import RandomShiftFlip
 from resnetlab.retrieval import embed_images, precision_at_k
 
@@ -44,18 +44,9 @@ def learning_rate(step: int, warmup_steps: int, total_steps: int) -> float:
 
 def read_split(split_dir: Path, per_class: int | None) -> tuple[torch.Tensor, torch.Tensor, list[Path], list[str]]:
     """uint8 Nx3x32x32 images, int64 labels, the files and the class names of one split."""
-    class_names = sorted(entry.name for entry in split_dir.iterdir())
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-        found = sorted((split_dir / name).glob("*.jpg"))[:per_class]
-        files += found
-        labels += [label] * len(found)
-    pixels = []
-    for path in files:
-        with Image.open(path) as image:
-            pixels.append(np.asarray(image.convert("RGB")))
-    return (torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous(), torch.tensor(labels),
-            files, class_names)
+    split = scan_split(split_dir, per_class)
+    images, _, _ = decode_files(split.files, (32, 32))
+    return images, torch.tensor(split.labels), list(split.files), list(split.class_names)
 
 
 def train(images: torch.Tensor, labels: torch.Tensor, epochs: int) -> torch.nn.Module:

@@ -77,26 +77,17 @@ def cifar_classifier(cifar10_root, tmp_path_factory) -> Path:
 
     About 40% test accuracy: far from a good model, far from chance (10%).
     """
-    import numpy as np
-    import torch
     import torch.nn.functional as F
-    from PIL import Image
 
     from resnetlab import create_model, save_weights
+    from resnetlab.data.datasets import decode_files
+    from resnetlab.data.folders import scan_split
 
     torch.manual_seed(0)
-    class_names = sorted(entry.name for entry in (cifar10_root / "train").iterdir())
-    files, labels = [], []
-    for label, name in enumerate(class_names):
-        found = sorted((cifar10_root / "train" / name).glob("*.jpg"))[:CLASSIFIER_TRAIN_PER_CLASS]
-        files += found
-        labels += [label] * len(found)
-    pixels = []
-    for path in files:
-        with Image.open(path) as image:
-            pixels.append(np.asarray(image.convert("RGB")))
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2)  # N x 3 x 32 x 32 uint8
-    labels = torch.tensor(labels)
+    split = scan_split(cifar10_root / "train", CLASSIFIER_TRAIN_PER_CLASS)
+    class_names = list(split.class_names)
+    images, _, _ = decode_files(split.files, (32, 32))  # N x 3 x 32 x 32 uint8
+    labels = torch.tensor(split.labels)
 
     model = create_model("cifar_resnet20")
     mean = torch.tensor(model.preprocessing.mean).view(1, 3, 1, 1) * 255
