@@ -9,9 +9,9 @@ import pytest
 import torch
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-# The tests read at most the first 600 training and 200 test images of each CIFAR-10 class;
-# extracting only those (8,000 files instead of 60,000) saves most of each worker's start-up.
-CIFAR_TRAIN_PER_CLASS = 600
+# The tests read at most the first 1,000 training and 200 test images of each CIFAR-10 class;
+# extracting only those (12,000 files instead of 60,000) saves most of each worker's start-up.
+CIFAR_TRAIN_PER_CLASS = 1000
 CIFAR_TEST_PER_CLASS = 200
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

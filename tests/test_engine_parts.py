@@ -7,9 +7,13 @@ import pytest
 import torch
 
 from resnetlab import create_model
+from resnetlab.config import ModelConfig
+from resnetlab.engine.distributed import Context
 from resnetlab.engine.metrics import ClassificationMeter
 from resnetlab.engine.optim import build_optimizer, parameter_groups, set_learning_rate
 from resnetlab.engine.schedules import LRSchedule
+from resnetlab.engine.trainer import build_model
+from resnetlab.errors import ConfigError
 
 
 def test_warmup_rises_linearly_then_cosine_decays_to_the_floor():
@@ -70,3 +74,11 @@ def test_meter_counts_top1_top5_per_class_and_confusion():
     assert result.per_class[0] == 1.0 and result.per_class[2] == 0.0
     assert result.confusion[2, 1] == 1 and result.confusion.sum() == 4
     assert result.loss == pytest.approx(2.0) and not math.isnan(result.loss)
+
+
+def test_sync_bn_on_cpu_processes_is_refused_and_off_alone():
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match="sync_bn needs GPUs"):
+        build_model(ModelConfig(sync_bn=True), 10, Context(rank=0, world_size=2, device=cpu))
+    alone = build_model(ModelConfig(sync_bn=True), 10, Context(rank=0, world_size=1, device=cpu))
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in alone.modules())

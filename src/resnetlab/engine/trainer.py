@@ -43,9 +43,11 @@ class RunResult:
 def train(config: TrainConfig) -> RunResult:
     """Train ``config.model`` on ``config.data``; one process, or each rank under torchrun."""
     ctx = distributed.setup(config.device)
+    deterministic = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
         return _run(config, ctx)
     finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])  # as the caller had it
         distributed.teardown()
 
 
@@ -168,6 +170,9 @@ def build_model(config: ModelConfig, num_classes: int, ctx: Context) -> ResNet:
         load_weights(model, config.weights)  # a new class count re-initialises the head
     model.freeze(config.frozen_stages, config.freeze_bn)
     if config.sync_bn and ctx.world_size > 1:
+        if ctx.device.type == "cpu":
+            raise ConfigError("sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU processes; "
+                              "leave it off (each process normalises over its own batch)")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     return model.to(ctx.device, memory_format=memory_format)
