@@ -1,0 +1,190 @@
+"""Inference-ready models: batch norm folded into the convolutions, then the fastest backend there is.
+
+``optimize(model)`` returns a callable that takes normalised NCHW float images and gives fp32 logits,
+whatever runs underneath: PyTorch eager (channels_last), Inductor (``torch.compile`` with frozen
+weights), ONNX Runtime or OpenVINO.
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import io
+import shutil
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.fx.experimental.optimization import fuse
+
+from .errors import ConfigError
+
+BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+# Measured on the 2-core CPU of BENCHMARKS.md (resnet50, batch 1, fp32): OpenVINO 1.52x torchvision
+# eager, ONNX Runtime 1.46x, Inductor with freezing 1.40x. "auto" takes the first one installed.
+CPU_PREFERENCE = ("openvino", "onnxruntime", "compile", "eager")
+INSTALL_HINT = {"onnxruntime": "pip install onnxruntime onnx", "openvino": "pip install openvino"}
+
+
+@dataclass
+class OptimizedModel:
+    """``model(images) -> logits``, with what it runs on; images are normalised NCHW floats."""
+
+    backend: str
+    precision: str
+    device: torch.device
+    run: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images)
+
+
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """An inference copy with every BN that follows a convolution folded into that convolution.
+
+    The BNs of pre-activation blocks come before their convolution and stay: they are left alone.
+    """
+    return fuse(copy.deepcopy(model).eval())
+
+
+def backend_available(backend: str, device: torch.device) -> bool:
+    if backend == "eager":
+        return True
+    if backend == "compile":  # Inductor compiles C++ on CPU
+        return device.type == "cuda" or shutil.which("c++") is not None or shutil.which("g++") is not None
+    if device.type != "cpu":
+        return False  # our ONNX Runtime and OpenVINO paths are CPU paths
+    return importlib.util.find_spec(backend) is not None and \
+        (backend != "onnxruntime" or importlib.util.find_spec("onnx") is not None)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "compile" if device.type == "cuda" else next(b for b in CPU_PREFERENCE if backend_available(b, device))
+    if not backend_available(backend, device):
+        if backend in INSTALL_HINT and device.type == "cpu":
+            raise ConfigError(f"backend {backend!r} is not installed; {INSTALL_HINT[backend]}")
+        raise ConfigError(f"backend {backend!r} cannot run on {device.type} here")
+    return backend
+
+
+def optimize(model: nn.Module, backend: str = "auto", precision: str = "fp32",
+             input_size: tuple[int, int] | None = None, device: str | torch.device | None = None) -> OptimizedModel:
+    """``model`` ready for inference on ``device`` (default: where its weights are).
+
+    ``input_size`` (height, width) is the size the exporting backends trace at; batch stays dynamic.
+    """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    backend = resolve_backend(backend, device)
+    if backend == "onnxruntime" and precision == "bf16":
+        raise ConfigError("onnxruntime runs fp32 models on CPU here; use --precision fp32 or another backend")
+    if input_size is None:
+        side = getattr(getattr(model, "preprocessing", None), "input_size", 224)
+        input_size = (side, side)
+    folded = fold_batch_norm(model).to(device)
+    in_chans = getattr(getattr(model, "config", None), "in_chans", 3)
+    example = torch.randn(1, in_chans, *input_size, device=device)
+    build = {"eager": _eager, "compile": _compiled, "onnxruntime": _onnxruntime, "openvino": _openvino}[backend]
+    return OptimizedModel(backend=backend, precision=precision, device=device,
+                          run=build(folded, precision, example))
+
+
+def _autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _memory_format(device: torch.device) -> torch.memory_format:
+    # NHWC feeds tensor cores on GPUs; on CPU, eager oneDNN convolutions measured slower in it.
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def _eager(model: nn.Module, precision: str, example: torch.Tensor):
+    memory_format = _memory_format(example.device)
+    model = model.to(memory_format=memory_format)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), _autocast(images.device, precision):
+            return model(images.contiguous(memory_format=memory_format)).float()
+
+    return run
+
+
+def _compiled(model: nn.Module, precision: str, example: torch.Tensor):
+    import torch._inductor.config as inductor_config
+
+    memory_format = _memory_format(example.device)
+    model = model.to(memory_format=memory_format)
+    # Freezing turns the weights into constants, which Inductor pre-packs for oneDNN on CPU; the
+    # C++ wrapper launches the kernels from C++, which matters at batch 1. Both are read while a
+    # graph compiles, and a new batch size compiles again: so each call runs under them (passing
+    # them as torch.compile options left freezing off: 0.76x torchvision instead of 1.38x).
+    settings = {"freezing": True, "cpp_wrapper": True}
+    if example.device.type == "cuda":
+        settings["triton.cudagraphs"] = True  # one graph launch a batch instead of ~100 kernels
+    compiled = torch.compile(model)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), inductor_config.patch(settings), _autocast(images.device, precision):
+            return compiled(images.contiguous(memory_format=memory_format)).float()
+
+    return run
+
+
+@contextmanager
+def _quiet_tracing():
+    """The exporters trace with TorchScript, which warns of its own deprecation and of strided slices
+    it cannot constant-fold (the zero-padding shortcut's); neither is the user's to act on."""
+    with warnings.catch_warnings():
+        for message in ("Constant folding", "`torch.jit.trace"):
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    with _quiet_tracing():
+        torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    return buffer.getvalue()
+
+
+def _onnxruntime(model: nn.Module, precision: str, example: torch.Tensor):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(_onnx_bytes(model, example), options,
+                                           providers=["CPUExecutionProvider"])
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run(None, {"images": images.detach().float().contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+    return run
+
+
+def _openvino(model: nn.Module, precision: str, example: torch.Tensor):
+    import openvino
+
+    with _quiet_tracing():
+        converted = openvino.convert_model(model, example_input=example,
+                                           input=[openvino.PartialShape([-1, *example.shape[1:]])])
+    # OpenVINO would pick bf16 by itself on CPUs that have it: precision is the caller's choice here.
+    compiled = openvino.Core().compile_model(converted, "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]})
+    request = compiled.create_infer_request()
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        result = request.infer({0: images.detach().float().contiguous().numpy()})
+        return torch.from_numpy(result[compiled.output(0)].copy())
+
+    return run
