@@ -17,6 +17,7 @@ from .errors import ConfigError, DataError, ResnetlabError
 from .explain import grad_cam, overlay_heatmap
 from .image_input import normalize, read_crop
 from .models import create_model, list_models, load_model
+from .cli_bench import add_bench_parser
 from .cli_training import add_demo_parser, add_evaluation_parsers, add_train_parser
 from .retrieval import (EmbeddingIndex, embed, embed_images, find_images, folder_labels, load_index,
                         save_index, search)
@@ -183,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(commands)
     add_evaluation_parsers(commands)
     add_demo_parser(commands)
+    add_bench_parser(commands)
     return parser
 
 

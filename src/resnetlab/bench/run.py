@@ -1,0 +1,212 @@
+"""A whole benchmark: every model x input size x backend x precision x batch size, one row each.
+
+Each row builds its callable afresh (``resnetlab.optimize``), so its memory is its own: the
+weights the backend holds, the pools and caches it keeps, and the peak of one call, never
+memory an earlier row left behind. ``compare`` adds the same-named torchvision or timm model,
+run as it is (eager, fp32): the numbers our build should be read against.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from ..complexity import count_macs, count_parameters
+from ..config import DataConfig
+from ..data.loaders import build_eval_loader
+from ..errors import ConfigError
+from ..models import create_model, load_model
+from ..models.registry import model_config
+from ..optimize import optimize
+from .hardware import cpu_peak, torch_threads
+from .measure import measure
+from .memory import held_bytes
+from .report import BenchRow, fraction_of_peak
+
+log = logging.getLogger(__name__)
+CHECK_MODEL = "cifar_resnet20"  # the smallest registry model: checking each backend with it is cheap
+
+
+@dataclass(frozen=True)
+class _Library:
+    has: Callable[[str], bool]
+    build: Callable[[str], torch.nn.Module]
+
+
+def _torchvision() -> _Library:
+    import torchvision
+
+    return _Library(has=lambda name: name in torchvision.models.list_models(module=torchvision.models),
+                    build=lambda name: torchvision.models.get_model(name, weights=None))
+
+
+def _timm() -> _Library:
+    try:
+        import timm
+    except ImportError:
+        raise ConfigError("--compare timm needs timm installed: pip install timm") from None
+    return _Library(has=timm.is_model, build=lambda name: timm.create_model(name, pretrained=False))
+
+
+LIBRARIES = {"torchvision": _torchvision, "timm": _timm}
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """How to build one row's callable (it names its ``backend``), and the row's other labels."""
+
+    build: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
+    precision: str
+    params: int
+    holds_our_weights: bool  # the comparison rows' library models are untrained: no top-1 for them
+
+
+@dataclass(frozen=True)
+class _Eager:
+    """A library's model called as it is, labelled like ``optimize``'s callables."""
+
+    module: torch.nn.Module
+    backend: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.module(images)
+
+
+def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[int] = (1,),
+                  input_sizes: Sequence[int] | None = None, precisions: Sequence[str] = ("fp32",),
+                  backends: Sequence[str] = ("eager",), device: str = "cpu", threads: int | None = None,
+                  compare: Sequence[str] = (), warmup: int = 3, repeats: int = 10,
+                  checkpoint: str | None = None, data: str | None = None) -> list[BenchRow]:
+    """Measure every combination; rows come in the order model, input size, backend, precision, batch.
+
+    ``input_sizes`` None: each model's own (224 for ImageNet models, 32 for CIFAR ones).
+    ``checkpoint`` (a file ``save_weights`` wrote) is measured instead of registry ``models``; with
+    ``data`` (a folder with a val/ or test/ split, or cifar10) each backend and precision also gets
+    its top-1 there, at the checkpoint's own preprocessing. ``threads`` sets torch's CPU threads for
+    the run (None keeps the current setting). On a CPU, fp32 rows carry their fraction of the CPU's
+    FP32 peak (``hardware.cpu_peak``).
+    """
+    if data is not None and checkpoint is None:
+        raise ConfigError("--data measures the top-1 of trained weights: give them with --checkpoint "
+                          "(e.g. RUN_DIR/best.safetensors from resnetlab train)")
+    if checkpoint is not None:
+        if models:
+            raise ConfigError("give either model names or --checkpoint, not both: the checkpoint names its model")
+        measured = load_model(checkpoint).eval()
+        models = [measured.arch]
+    for label, values in (("model", models), ("backend", backends), ("precision", precisions)):
+        if not values:
+            raise ConfigError(f"no {label} to measure; name at least one")
+    for name in models:
+        model_config(name)  # an unknown name fails here, naming the close ones
+    for label, values in (("batch size", batch_sizes), ("input size", input_sizes or [1])):
+        if not values or min(values) < 1:
+            raise ConfigError(f"every {label} must be at least 1, not {', '.join(map(str, values)) or 'none'}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, not {threads}")
+    if warmup < 0 or repeats < 1:
+        raise ConfigError(f"need 0 or more warm-up calls and 1 or more repeats, not {warmup} and {repeats}")
+    target = _device(device)
+    unknown = sorted(set(compare) - set(LIBRARIES))
+    if unknown:
+        raise ConfigError(f"cannot compare with {', '.join(unknown)}; choose from {', '.join(LIBRARIES)}")
+    libraries = {label: LIBRARIES[label]() for label in compare}
+    comparisons = {name: [label for label in libraries if libraries[label].has(name)] for name in models}
+    for name, found in comparisons.items():
+        for label in sorted(set(libraries) - set(found)):
+            log.info("%s has no model named %s: no %s row for it", label, name, label)
+
+    rows = []
+    total = sum(len(input_sizes or [None]) * len(batch_sizes) * (len(backends) * len(precisions) + len(comparisons[name]))
+                for name in models)
+    with torch_threads(threads) as used:
+        _check_backends(backends, precisions, target)
+        peak = cpu_peak(used).gflops if target.type == "cpu" else None
+        with tqdm(total=total, desc="bench", unit="row", disable=None, leave=False) as progress:
+            for name in models:
+                model = (measured if checkpoint is not None else create_model(name).eval()).to(target)
+                loader = _eval_loader(model, data) if data is not None else None
+                with torch.device("meta"):
+                    shapes_only = create_model(name)
+                references = {label: libraries[label].build(name).eval().to(target) for label in comparisons[name]}
+                for size in input_sizes or [model.preprocessing.input_size]:
+                    macs = count_macs(shapes_only, size)
+                    settings = [_optimized(model, backend, precision, size)
+                                for backend in backends for precision in precisions]
+                    settings += [_reference(label, module) for label, module in references.items()]
+                    for setting in settings:
+                        first = len(rows)
+                        for batch in batch_sizes:
+                            images = torch.randn(batch, model.config.in_chans, size, size, device=target)
+                            # top-1 does not depend on the batch size: measured once per setting
+                            scored = loader if len(rows) == first and setting.holds_our_weights else None
+                            rows.append(_row(name, setting, images, macs, peak, warmup, repeats, scored))
+                            rows[-1].top1 = rows[first].top1
+                            progress.update()
+    return rows
+
+
+def _eval_loader(model: torch.nn.Module, data: str):
+    loader, _ = build_eval_loader(DataConfig(data=data, batch_size=64, workers=0), model.preprocessing,
+                                  model.class_names)
+    return loader
+
+
+@torch.no_grad()
+def _top1(run: Callable[[torch.Tensor], torch.Tensor], loader, device: torch.device) -> float:
+    correct = seen = 0
+    for images, labels in loader:
+        predicted = torch.as_tensor(run(images.to(device))).argmax(1).cpu()
+        correct += (predicted == labels).sum().item()
+        seen += len(labels)
+    return correct / max(seen, 1)
+
+
+def _row(name: str, setting: _Setting, images: torch.Tensor, macs: int, peak_gflops: float | None,
+         warmup: int, repeats: int, loader=None) -> BenchRow:
+    held_before = held_bytes(images.device)
+    run = setting.build()  # freed on return, before the next row's baseline
+    result = measure(run, images, warmup, repeats, held_before=held_before)
+    return BenchRow(top1=_top1(run, loader, images.device) if loader is not None else None,
+        model=name, backend=run.backend, precision=setting.precision, batch_size=len(images),
+        input_size=images.shape[-1], params=setting.params, macs=macs,
+        latency_ms_median=result.latency_ms_median, latency_ms_p90=result.latency_ms_p90,
+        throughput=result.throughput, memory_mb=result.memory_mb,
+        fraction_of_peak=fraction_of_peak(result.throughput, macs, peak_gflops)
+        if peak_gflops is not None and setting.precision == "fp32" else None)
+
+
+def _check_backends(backends: Sequence[str], precisions: Sequence[str], device: torch.device) -> None:
+    # optimize knows which backends and precisions exist and are installed: asking it with the
+    # smallest model stops a bad combination before anything is timed.
+    model = create_model(CHECK_MODEL).eval().to(device)
+    for backend in backends:
+        for precision in precisions:
+            optimize(model, backend=backend, precision=precision, input_size=(32, 32))
+
+
+def _optimized(model: torch.nn.Module, backend: str, precision: str, size: int) -> _Setting:
+    return _Setting(build=lambda: optimize(model, backend=backend, precision=precision, input_size=(size, size)),
+                    precision=precision, params=count_parameters(model), holds_our_weights=True)
+
+
+def _reference(label: str, module: torch.nn.Module) -> _Setting:
+    # A copy per row, so that the row's memory holds the weights, as optimize's copies do.
+    return _Setting(build=lambda: _Eager(copy.deepcopy(module), f"{label}-eager"), precision="fp32",
+                    params=count_parameters(module), holds_our_weights=False)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu or cuda") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"resnetlab bench runs on cpu or cuda, not {name!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("CUDA was requested but no GPU is visible; use --device cpu")
+    return device
