@@ -113,3 +113,17 @@ def test_bad_requests_are_one_sentence_errors(monkeypatch):
                         lambda name, *args: None if name == "openvino" else real_find_spec(name, *args))
     with pytest.raises(ConfigError, match="backend 'openvino' is not installed; pip install openvino"):
         optimize(model, "openvino")
+
+
+def test_deformable_models_fold_around_their_deformable_convolutions():
+    torch.manual_seed(0)
+    model = with_learnt_statistics(create_model("resnet18", num_classes=10, deformable=True))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(images)
+    folded_bns = sum(isinstance(m, nn.BatchNorm2d) for m in fold_batch_norm(model).modules())
+    assert 0 < folded_bns < sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # only theirs stay
+    for backend in ("eager", "openvino"):
+        assert_same_logits(optimize(model, backend, input_size=(64, 64))(images), expected)
+    with pytest.raises(ConfigError, match="no converter for torchvision's deform_conv2d"):
+        optimize(model, "onnxruntime")

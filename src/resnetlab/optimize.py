@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import io
 import shutil
-import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +17,8 @@ from torch import nn
 from torch.fx.experimental.optimization import fuse
 
 from .errors import ConfigError
+from .models.blocks import DeformableConv3x3
+from .export import onnx_bytes, quiet_tracing, refuse_deformable_onnx
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -42,12 +41,21 @@ class OptimizedModel:
         return self.run(images)
 
 
+class _Tracer(torch.fx.Tracer):
+    # A deformable convolution computes its offsets with Python control flow that fx cannot
+    # trace; kept whole, its BN stays unfolded and everything around it still folds.
+    def is_leaf_module(self, module: nn.Module, name: str) -> bool:
+        return isinstance(module, DeformableConv3x3) or super().is_leaf_module(module, name)
+
+
 def fold_batch_norm(model: nn.Module) -> nn.Module:
     """An inference copy with every BN that follows a convolution folded into that convolution.
 
     The BNs of pre-activation blocks come before their convolution and stay: they are left alone.
     """
-    return fuse(copy.deepcopy(model).eval())
+    model = copy.deepcopy(model).eval()
+    traced = torch.fx.GraphModule(model, _Tracer().trace(model))
+    return fuse(traced, inplace=True, no_trace=True)
 
 
 def backend_available(backend: str, device: torch.device) -> bool:
@@ -83,6 +91,8 @@ def optimize(model: nn.Module, backend: str = "auto", precision: str = "fp32",
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     backend = resolve_backend(backend, device)
+    if backend == "onnxruntime":
+        refuse_deformable_onnx(model)
     if backend == "onnxruntime" and precision == "bf16":
         raise ConfigError("onnxruntime runs fp32 models on CPU here; use --precision fp32 or another backend")
     if input_size is None:
@@ -137,31 +147,12 @@ def _compiled(model: nn.Module, precision: str, example: torch.Tensor):
     return run
 
 
-@contextmanager
-def _quiet_tracing():
-    """The exporters trace with TorchScript, which warns of its own deprecation and of strided slices
-    it cannot constant-fold (the zero-padding shortcut's); neither is the user's to act on."""
-    with warnings.catch_warnings():
-        for message in ("Constant folding", "`torch.jit.trace"):
-            warnings.filterwarnings("ignore", message=message)
-        yield
-
-
-def _onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    with _quiet_tracing():
-        torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
-    return buffer.getvalue()
-
-
 def _onnxruntime(model: nn.Module, precision: str, example: torch.Tensor):
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(_onnx_bytes(model, example), options,
+    session = onnxruntime.InferenceSession(onnx_bytes(model, example), options,
                                            providers=["CPUExecutionProvider"])
 
     def run(images: torch.Tensor) -> torch.Tensor:
@@ -174,7 +165,7 @@ def _onnxruntime(model: nn.Module, precision: str, example: torch.Tensor):
 def _openvino(model: nn.Module, precision: str, example: torch.Tensor):
     import openvino
 
-    with _quiet_tracing():
+    with quiet_tracing():
         converted = openvino.convert_model(model, example_input=example,
                                            input=[openvino.PartialShape([-1, *example.shape[1:]])])
     # OpenVINO would pick bf16 by itself on CPUs that have it: precision is the caller's choice here.

@@ -151,11 +151,23 @@ def save_weights(model: ResNet, path: str | os.PathLike, *, class_names: list[st
     if path.suffix != ".safetensors":
         raise CheckpointError(f"save_weights writes safetensors; give a path ending in .safetensors, "
                               f"not {path.name}")
+    metadata = model_metadata(model, class_names, preprocessing)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(metadata)})
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(metadata, indent=2) + "\n")
+    return path
+
+
+def model_metadata(model: ResNet, class_names: list[str] | None = None,
+                   preprocessing: Preprocessing | None = None) -> dict:
+    """What travels with a model's weights or exported graph: architecture, classes, preprocessing."""
     class_names = class_names if class_names is not None else model.class_names
     if class_names is not None and len(class_names) != model.config.num_classes:
         raise CheckpointError(f"{len(class_names)} class names given for a model with "
                               f"{model.config.num_classes} classes")
-    metadata = {
+    return {
         "format": _FORMAT,
         "resnetlab_version": version("resnetlab"),
         "arch": model.arch,
@@ -163,12 +175,6 @@ def save_weights(model: ResNet, path: str | os.PathLike, *, class_names: list[st
         "class_names": list(class_names) if class_names is not None else None,
         "preprocessing": dataclasses.asdict(preprocessing or model.preprocessing),
     }
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(metadata)})
-    with atomic_path(path.with_suffix(".json")) as tmp:
-        tmp.write_text(json.dumps(metadata, indent=2) + "\n")
-    return path
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

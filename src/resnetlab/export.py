@@ -1,0 +1,146 @@
+"""Export a trained model to ONNX, TorchScript or safetensors, and check the file against eager at once.
+
+Every format carries what a deployment needs besides the graph: architecture, class names and
+preprocessing (input size, resize, mean, std), as ``model_metadata`` gives them.
+"""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_path
+from .errors import ConfigError
+from .models import ResNet, load_model, save_weights
+from .models.weights import model_metadata
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+METADATA_KEY = "resnetlab"  # ONNX metadata_props key, and TorchScript extra file "resnetlab.json"
+CHECK_BATCHES = (1, 7)  # a dynamic batch must really be dynamic: run two sizes the trace never saw
+TOLERANCE = 1e-3  # max abs logit difference, relative to logits of order one
+
+
+@dataclass
+class ExportReport:
+    path: Path
+    format: str
+    bytes: int
+    max_abs_difference: float  # exported vs eager, over the checked batches
+    checked_batches: tuple[int, ...]
+
+
+@contextmanager
+def quiet_tracing():
+    """The exporters trace with TorchScript, which warns of its own deprecation and of strided slices
+    it cannot constant-fold (the zero-padding shortcut's); neither is the user's to act on."""
+    with warnings.catch_warnings():
+        for message in ("Constant folding", "`torch.jit.trace", "The feature will be removed"):
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
+def refuse_deformable_onnx(model: torch.nn.Module) -> None:
+    if getattr(getattr(model, "config", None), "deformable", False):
+        raise ConfigError("ONNX export has no converter for torchvision's deform_conv2d: export a deformable "
+                          "model as torchscript or safetensors, or run it with the eager, compile or openvino backend")
+
+
+def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = True,
+               opset: int = 17, metadata: dict | None = None) -> bytes:
+    """``model`` as an ONNX graph with input ``images`` and output ``logits``."""
+    buffer = io.BytesIO()
+    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    with quiet_tracing():
+        torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=["logits"],
+                          dynamic_axes=axes, opset_version=opset, dynamo=False)
+    if metadata is None:
+        return buffer.getvalue()
+    import onnx
+
+    graph = onnx.load_from_string(buffer.getvalue())
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    return graph.SerializeToString()
+
+
+def export_model(model: ResNet, path: str | Path, format: str = "onnx", *, dynamic_batch: bool = True,
+                 opset: int = 17) -> ExportReport:
+    """Write ``model`` to ``path`` atomically, then load it back and compare it with eager."""
+    if format not in FORMATS:
+        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    path = Path(path)
+    if path.suffix != FORMATS[format]:
+        raise ConfigError(f"a {format} export is a {FORMATS[format]} file; {path.name} is not")
+    if format == "onnx":
+        refuse_deformable_onnx(model)
+    model = model.eval()
+    side = model.preprocessing.input_size
+    example = torch.randn(1, model.config.in_chans, side, side)
+    metadata = model_metadata(model)
+    batches = CHECK_BATCHES if dynamic_batch or format != "onnx" else (1,)
+    if format == "safetensors":
+        save_weights(model, path)
+        difference = _check(model, path, format, batches, side)
+    else:
+        with atomic_path(path) as tmp:  # checked before it is renamed into place: a bad export leaves nothing
+            if format == "onnx":
+                tmp.write_bytes(onnx_bytes(model, example, dynamic_batch, opset, metadata))
+            else:
+                with quiet_tracing(), torch.no_grad():
+                    traced = torch.jit.trace(model, example)
+                torch.jit.save(traced, str(tmp), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
+            difference = _check(model, tmp, format, batches, side)
+    return ExportReport(path=path, format=format, bytes=path.stat().st_size, max_abs_difference=difference,
+                        checked_batches=batches)
+
+
+def read_export_metadata(path: str | Path) -> dict:
+    """The metadata an ONNX or TorchScript export carries (``load_model``'s for safetensors)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(props[METADATA_KEY])
+    extra = {f"{METADATA_KEY}.json": ""}
+    torch.jit.load(str(path), _extra_files=extra)
+    return json.loads(extra[f"{METADATA_KEY}.json"])
+
+
+def _check(model: ResNet, path: Path, format: str, batches: tuple[int, ...], side: int) -> float:
+    run = _loaded(path, format)
+    worst = 0.0
+    generator = torch.Generator().manual_seed(0)
+    for batch in batches:
+        images = torch.randn(batch, model.config.in_chans, side, side, generator=generator)
+        with torch.no_grad():
+            expected = model(images)
+        got = run(images)
+        if got.shape != expected.shape:
+            raise ConfigError(f"the exported {format} model gave logits of shape {tuple(got.shape)} for a batch "
+                              f"of {batch}, not {tuple(expected.shape)}")
+        scale = max(1.0, expected.abs().max().item())
+        difference = (got - expected).abs().max().item()
+        if not difference <= TOLERANCE * scale:
+            raise ConfigError(f"the exported {format} model differs from the eager one by {difference:.3g} "
+                              f"on a batch of {batch}; {path} is not to be trusted")
+        worst = max(worst, difference)
+    return worst
+
+
+def _loaded(path: Path, format: str):
+    if format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    if format == "torchscript":
+        scripted = torch.jit.load(str(path))
+        return lambda images: scripted(images).detach()
+    reloaded = load_model(path).eval()
+    return lambda images: reloaded(images).detach()

@@ -1,0 +1,116 @@
+"""resnetlab export: each format written atomically, checked against eager, carrying its metadata."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import onnxruntime
+import pytest
+import torch
+
+import resnetlab.export as export_module
+from resnetlab import create_model, load_model
+from resnetlab.cli import main
+from resnetlab.data.datasets import decode_files
+from resnetlab.data.folders import scan_split
+from resnetlab.errors import ConfigError
+from resnetlab.export import export_model, read_export_metadata
+from resnetlab.image_input import normalize
+
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
+
+
+@pytest.fixture(scope="module")
+def real_images(cifar10_root):
+    split = scan_split(cifar10_root / "test", 20)
+    images, _, _ = decode_files(split.files, (32, 32))
+    return images
+
+
+def run_exported(path, fmt, images):
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+    if fmt == "torchscript":
+        return torch.jit.load(str(path))(images)
+    return load_model(path).eval()(images)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
+def test_export_command_writes_a_file_that_predicts_like_the_checkpoint(cifar_classifier, real_images, tmp_path,
+                                                                        capsys, fmt):
+    out = tmp_path / f"model{SUFFIX[fmt]}"
+    assert main(["export", "--checkpoint", str(cifar_classifier), "--format", fmt, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and "on batches of 1 and 7" in printed
+
+    model = load_model(cifar_classifier).eval()
+    images = normalize(real_images, model.preprocessing)  # 200 real CIFAR-10 test images
+    with torch.no_grad():
+        expected = model(images)
+        got = run_exported(out, fmt, images)
+    assert (got - expected).abs().max().item() < 1e-3
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+
+    metadata = read_export_metadata(out) if fmt != "safetensors" else None
+    if metadata is not None:  # the preprocessing and labels travel with the graph
+        assert metadata["arch"] == "cifar_resnet20"
+        assert metadata["class_names"] == model.class_names
+        assert metadata["preprocessing"]["input_size"] == 32
+        assert metadata["preprocessing"]["mean"] == list(model.preprocessing.mean)
+
+
+def test_onnx_batch_is_dynamic_unless_asked_static(tmp_path):
+    model = create_model("cifar_resnet20").eval()
+    dynamic = export_model(model, tmp_path / "dynamic.onnx")
+    assert dynamic.checked_batches == (1, 7)
+    session = onnxruntime.InferenceSession(str(dynamic.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == ["batch", 3, 32, 32]
+
+    static = export_model(model, tmp_path / "static.onnx", dynamic_batch=False)
+    session = onnxruntime.InferenceSession(str(static.path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape == [1, 3, 32, 32]
+    with pytest.raises(Exception):
+        session.run(None, {"images": torch.randn(7, 3, 32, 32).numpy()})
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d", "se_resnet50", "preact_resnet18",
+                                  "preact_resnet50"])
+def test_each_block_type_exports_to_onnx(tmp_path, name):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10)
+    model.preprocessing = replace(model.preprocessing, input_size=64, resize_size=64)
+    report = export_model(model, tmp_path / f"{name}.onnx")
+    assert report.max_abs_difference < 1e-3 and report.bytes > 4 * sum(p.numel() for p in model.parameters()) * 0.99
+
+
+def test_a_failed_check_leaves_no_file_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # no export can pass
+    with pytest.raises(ConfigError, match="differs from the eager one"):
+        export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--format", "onnx", "--out", "model.pt"], "a onnx export is a .onnx file; model.pt is not"),
+    (["--format", "torchscript", "--opset", "19", "--out", "model.pt"],
+     "--opset applies to ONNX exports only"),
+])
+def test_bad_export_requests_are_one_line_errors(cifar_classifier, tmp_path, capsys, argv, message):
+    code = main(["export", "--checkpoint", str(cifar_classifier), *argv])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_line_error(tmp_path, capsys):
+    fake = tmp_path / "weights.safetensors"
+    fake.write_text("not weights")
+    assert main(["export", "--checkpoint", str(fake)]) == 2
+    err = capsys.readouterr().err
+    assert "weights.safetensors" in err and err.strip().count("\n") == 0
+
+
+def test_deformable_models_refuse_onnx_and_export_to_torchscript(tmp_path):
+    model = create_model("resnet18", num_classes=10, deformable=True)
+    with pytest.raises(ConfigError, match="no converter for torchvision's deform_conv2d"):
+        export_model(model, tmp_path / "model.onnx")
+    model.preprocessing = replace(model.preprocessing, input_size=64, resize_size=64)
+    assert export_model(model, tmp_path / "model.pt", "torchscript").max_abs_difference < 1e-4
