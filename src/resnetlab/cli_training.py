@@ -28,22 +28,31 @@ FLAG_KEYS = {
     "label_smoothing": "optim.label_smoothing", "grad_clip": "optim.grad_clip",
     "accumulate": "optim.accumulate", "ema_decay": "optim.ema_decay",
     "schedule": "schedule.name", "warmup": "schedule.warmup", "milestones": "schedule.milestones",
+    "teacher": "distill.teacher", "alpha": "distill.alpha", "temperature": "distill.temperature",
     "epochs": "epochs", "max_steps": "max_steps", "seed": "seed", "precision": "precision",
     "device": "device", "deterministic": "deterministic", "out": "out",
 }
 
 
 def add_train_parser(commands) -> None:
-    train = commands.add_parser(
+    _add_training_parser(commands.add_parser(
         "train", help="train or fine-tune on an image folder or CIFAR-10",
-        description="Train a ResNet. A recipe (YAML) gives every setting; flags and --set override it.")
+        description="Train a ResNet. A recipe (YAML) gives every setting; flags and --set override it."))
+    _add_training_parser(commands.add_parser(
+        "distill", help="train a student with a trained teacher's soft targets (knowledge distillation)",
+        description="Train --student with --teacher's softened outputs as extra targets (Hinton et al.), "
+                    "e.g. cifar_resnet110 -> cifar_resnet20. Every train flag applies."), distill=True)
+
+
+def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) -> None:
     train.add_argument("--recipe", type=Path, help="YAML recipe, e.g. recipes/cifar10_resnet20.yaml or RUN_DIR/config.yaml")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue RUN_DIR from its last checkpoint, with its config.yaml")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override any config key, e.g. --set optim.lr=0.05 (repeatable)")
     section = train.add_argument_group("model")
-    section.add_argument("--model", help="architecture name (`resnetlab models`)")
+    section.add_argument("--model", *(["--student"] if distill else []), dest="model",
+                         help="architecture name (`resnetlab models`)")
     section.add_argument("--weights", help="start from these weights: path, URL or run's .safetensors")
     section.add_argument("--freeze", help="stages:K freezes the stem and the first K stages")
     _flag(section, "--zero-init-residual", "zero each block's last BN: blocks start as identities")
@@ -77,6 +86,10 @@ def add_train_parser(commands) -> None:
     section.add_argument("--schedule", choices=("cosine", "step", "plateau", "constant"))
     section.add_argument("--warmup", type=float, help="linear warmup length (schedule unit, epochs by default)")
     section.add_argument("--milestones", type=_numbers, help="step decay points, e.g. 82,123")
+    section = train.add_argument_group("distillation")
+    section.add_argument("--teacher", help="a trained .safetensors with the same classes (turns distillation on)")
+    section.add_argument("--alpha", type=float, help="weight of the teacher's soft targets (default 0.5)")
+    section.add_argument("--temperature", type=float, help="softening temperature (default 4)")
     section = train.add_argument_group("run")
     section.add_argument("--epochs", type=int)
     section.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -85,7 +98,7 @@ def add_train_parser(commands) -> None:
     section.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     _flag(section, "--deterministic", "deterministic kernels: bit-identical reruns and resumes on CPU")
     section.add_argument("--out", help="run directory (default runs/train)")
-    train.set_defaults(run=cmd_train)
+    train.set_defaults(run=cmd_distill if distill else cmd_train)
 
 
 def _flag(group, name: str, help_text: str) -> None:
@@ -134,6 +147,15 @@ def cmd_train(args: argparse.Namespace, console) -> None:
     from .engine.trainer import train  # torch distributed and the data stack load only for training
 
     train(config_from_args(args))
+
+
+def cmd_distill(args: argparse.Namespace, console) -> None:
+    from .engine.trainer import train
+
+    config = config_from_args(args)
+    if not config.distill.teacher:
+        raise ConfigError("resnetlab distill needs a teacher: --teacher RUN_DIR/best.safetensors")
+    train(config)
 
 
 def add_evaluation_parsers(commands) -> None:

@@ -167,6 +167,20 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015): a trained teacher's softened outputs as extra targets."""
+
+    teacher: str | None = None  # a .safetensors written by training, with the student's classes; None: off
+    alpha: float = 0.5  # weight of the soft-target loss; 1 - alpha goes to the hard labels
+    temperature: float = 4.0  # softens both distributions; the soft loss is scaled by its square
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.alpha <= 1 or self.temperature <= 0:
+            raise ConfigError(f"distill.alpha must be in [0, 1] and distill.temperature positive, "
+                              f"not {self.alpha} and {self.temperature}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """One run, top to bottom. Saved as the run's config.yaml; `--recipe` reads it back."""
 
@@ -174,6 +188,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     epochs: int = 30
     max_steps: int | None = None  # stop after this many optimizer steps (the paper counts iterations)
     seed: int = 0
@@ -255,4 +270,5 @@ def load_recipe(path: str | os.PathLike) -> dict:
 
 
 _NESTED = {(TrainConfig, "model"): ModelConfig, (TrainConfig, "data"): DataConfig,
-           (TrainConfig, "optim"): OptimConfig, (TrainConfig, "schedule"): ScheduleConfig}
+           (TrainConfig, "optim"): OptimConfig, (TrainConfig, "schedule"): ScheduleConfig,
+           (TrainConfig, "distill"): DistillConfig}

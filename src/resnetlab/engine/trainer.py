@@ -16,6 +16,7 @@ from ..data.loaders import DataInfo, build_loaders
 from ..errors import ConfigError
 from ..models import ResNet, create_model, load_weights, model_config, save_weights
 from . import distributed
+from .distill import distillation_loss, load_teacher
 from .distributed import Context
 from .logbook import Logbook, write_config, write_manifest
 from .loop import StepSettings, TrainingDiverged, cross_entropy_loss, evaluate, train_one_epoch
@@ -63,6 +64,8 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
                                                    rank=ctx.rank, world_size=ctx.world_size)
     model = build_model(config.model, data.num_classes, ctx)
     model.class_names = list(data.class_names)
+    teacher = load_teacher(config.distill, data.class_names, ctx.device, config.model.channels_last) \
+        if config.distill.teacher else None
 
     optim = config.optim
     optimizer = build_optimizer(model, optim.name, optim.lr, optim.momentum, optim.nesterov,
@@ -113,7 +116,8 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
     settings = StepSettings(base_lr=optim.lr, accumulate=optim.accumulate, grad_clip=optim.grad_clip,
                             autocast_dtype=autocast_dtype, channels_last=config.model.channels_last,
                             max_steps=total_steps)
-    compute_loss = cross_entropy_loss(optim.label_smoothing)
+    compute_loss = cross_entropy_loss(optim.label_smoothing) if teacher is None else \
+        distillation_loss(teacher, config.distill.alpha, config.distill.temperature, optim.label_smoothing)
     epochs_run, val = 0, None
     for epoch in range(start_epoch, config.epochs):
         if step >= total_steps:
