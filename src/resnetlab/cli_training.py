@@ -160,7 +160,8 @@ def cmd_distill(args: argparse.Namespace, console) -> None:
 
 def add_evaluation_parsers(commands) -> None:
     evaluate = commands.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion matrix")
-    evaluate.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    evaluate.add_argument("--checkpoint", required=True, type=Path,
+                          help="a .safetensors written by training, or an .onnx from export or quantize")
     evaluate.add_argument("--data", required=True,
                           help="image folder (its val/ or test/ split, or class folders directly), or cifar10")
     evaluate.add_argument("--split", help="the folder to evaluate on (default: val, else test)")
@@ -172,7 +173,8 @@ def add_evaluation_parsers(commands) -> None:
     evaluate.set_defaults(run=cmd_eval)
 
     predict = commands.add_parser("predict", help="top-k labels of image files")
-    predict.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    predict.add_argument("--checkpoint", required=True, type=Path,
+                         help="a .safetensors written by training, or an .onnx from export or quantize")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("-k", "--top-k", type=int, default=5)
     predict.add_argument("--device", default="auto")
@@ -206,14 +208,15 @@ def print_evaluation(report, console) -> None:
 
 
 def cmd_predict(args: argparse.Namespace, console) -> None:
+    from .deployed import load_deployed
     from .engine.distributed import resolve_device
-    from .models import load_model
     from .predict import image_paths, predict_files
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")
     paths = image_paths(args.inputs)  # before the model loads: a wrong path fails at once
-    model = load_model(args.checkpoint).to(resolve_device(args.device))
+    device = resolve_device(args.device) if args.checkpoint.suffix != ".onnx" else "cpu"
+    model = load_deployed(args.checkpoint, device)
     predictions, bad = predict_files(model, paths, args.top_k)
     for skipped in bad:
         print(f"skipped {skipped.reason}", file=sys.stderr)
@@ -244,7 +247,7 @@ def cmd_demo(args: argparse.Namespace, console) -> None:
     from .demo import extract_demo_data, new_run_dir
     from .engine.evaluation import evaluate_checkpoint
     from .engine.trainer import BEST_WEIGHTS, train
-    from .models import load_model
+    from .deployed import load_deployed
     from .predict import predict_files
 
     data = extract_demo_data(args.out)
@@ -258,7 +261,7 @@ def cmd_demo(args: argparse.Namespace, console) -> None:
     print_evaluation(evaluate_checkpoint(best, str(data)), console)
     console.rule("3/3  predict")
     samples = [sorted((data / "test" / name).iterdir())[0] for name in ("cat", "ship", "truck")]
-    print_predictions(predict_files(load_model(best), samples, top_k=3)[0])
+    print_predictions(predict_files(load_deployed(best), samples, top_k=3)[0])
     console.rule("your turn")
     console.print(
         f"Run folder: {run_dir} (config.yaml, manifest.json, metrics.jsonl, curves.png, best.safetensors)\n"

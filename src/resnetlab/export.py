@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .models import ResNet, load_model, save_weights
 from .models.weights import model_metadata
 
@@ -102,14 +102,22 @@ def export_model(model: ResNet, path: str | Path, format: str = "onnx", *, dynam
 def read_export_metadata(path: str | Path) -> dict:
     """The metadata an ONNX or TorchScript export carries (``load_model``'s for safetensors)."""
     path = Path(path)
-    if path.suffix == ".onnx":
-        import onnx
+    try:
+        if path.suffix == ".onnx":
+            import onnx
 
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return json.loads(props[METADATA_KEY])
-    extra = {f"{METADATA_KEY}.json": ""}
-    torch.jit.load(str(path), _extra_files=extra)
-    return json.loads(extra[f"{METADATA_KEY}.json"])
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            text = props.get(METADATA_KEY, "")
+        else:
+            extra = {f"{METADATA_KEY}.json": ""}
+            torch.jit.load(str(path), _extra_files=extra)
+            text = extra[f"{METADATA_KEY}.json"]
+    except Exception as error:  # protobuf and TorchScript raise their own kinds on a corrupt file
+        raise CheckpointError(f"{path} is not a readable {path.suffix[1:]} model: {error}") from error
+    if not text:
+        raise CheckpointError(f"{path} carries no resnetlab metadata (classes, preprocessing); "
+                              "write it with resnetlab export or quantize")
+    return json.loads(text)
 
 
 def _check(model: ResNet, path: Path, format: str, batches: tuple[int, ...], side: int) -> float:

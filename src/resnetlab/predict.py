@@ -10,7 +10,7 @@ import torch
 from .data.datasets import BadImage
 from .errors import DataError
 from .image_input import normalize, read_crop
-from .models import ResNet
+from .deployed import DeployedModel
 from .retrieval import find_images
 
 
@@ -39,12 +39,10 @@ def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
 
 
 @torch.inference_mode()
-def predict_files(model: ResNet, paths: list[Path], top_k: int = 5, batch_size: int = 32
+def predict_files(model: DeployedModel, paths: list[Path], top_k: int = 5, batch_size: int = 32
                   ) -> tuple[list[Prediction], list[BadImage]]:
     """Top-k labels and softmax probabilities per readable file; unreadable ones come back apart."""
-    model.eval()
-    device = next(model.parameters()).device
-    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
     k = min(top_k, len(names))
     predictions, bad = [], []
     for start in range(0, len(paths), batch_size):
@@ -57,7 +55,7 @@ def predict_files(model: ResNet, paths: list[Path], top_k: int = 5, batch_size: 
                 bad.append(BadImage(path, str(error)))
         if not crops:
             continue
-        probabilities = model(normalize(torch.stack(crops), model.preprocessing).to(device)).softmax(dim=1)
+        probabilities = model(normalize(torch.stack(crops), model.preprocessing).to(model.device)).softmax(dim=1)
         top = probabilities.topk(k, dim=1)
         for path, values, indices in zip(kept, top.values.tolist(), top.indices.tolist()):
             predictions.append(Prediction(str(path), [names[i] for i in indices], values))

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import DataConfig
-from ..data.loaders import build_eval_loader
-from ..models import load_model
+from ..data.loaders import DataInfo, build_eval_loader
+from ..deployed import DeployedModel, load_deployed
 from .distributed import Context, resolve_device
 from .loop import evaluate
 from .metrics import ClassificationResult
@@ -34,14 +34,21 @@ class EvaluationReport:
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, split: str | None = None,
                         batch_size: int = 128, max_per_class: int | None = None,
                         out_dir: str | os.PathLike | None = None, device: str = "auto") -> EvaluationReport:
-    """Top-1/top-5/per-class accuracy of ``checkpoint`` on ``data``; writes the confusion matrix."""
-    model = load_model(checkpoint)
-    config = DataConfig(data=data, val_split=split, batch_size=batch_size, max_per_class=max_per_class)
-    loader, info = build_eval_loader(config, model.preprocessing, model.class_names)
-    ctx = Context(rank=0, world_size=1, device=resolve_device(device))
-    result = evaluate(model.to(ctx.device), loader, model.config.num_classes, ctx, desc=f"eval {info.val_split}")
-    names = model.class_names or [str(i) for i in range(model.config.num_classes)]
+    """Top-1/top-5/per-class accuracy of ``checkpoint`` (.safetensors or .onnx) on ``data``; writes the
+    confusion matrix."""
+    model = load_deployed(checkpoint, resolve_device(device) if Path(checkpoint).suffix != ".onnx" else "cpu")
+    result, info = evaluate_model(model, data, split=split, batch_size=batch_size, max_per_class=max_per_class)
+    names = model.class_names or [str(i) for i in range(model.num_classes)]
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / f"eval-{info.val_split}"
     csv_path, png_path = write_confusion_matrix(result.confusion, names, out)
     return EvaluationReport(checkpoint=str(checkpoint), source=info.source, class_names=names, result=result,
                             confusion_csv=csv_path, confusion_png=png_path)
+
+
+def evaluate_model(model: DeployedModel, data: str, *, split: str | None = None, batch_size: int = 128,
+                   max_per_class: int | None = None) -> tuple[ClassificationResult, DataInfo]:
+    """Accuracy of a loaded model of any format on ``data``'s labelled split."""
+    config = DataConfig(data=data, val_split=split, batch_size=batch_size, max_per_class=max_per_class)
+    loader, info = build_eval_loader(config, model.preprocessing, model.class_names)
+    ctx = Context(rank=0, world_size=1, device=model.device)
+    return evaluate(model, loader, model.num_classes, ctx, desc=f"eval {info.val_split}"), info

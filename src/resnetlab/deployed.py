@@ -1,0 +1,84 @@
+"""Any model file resnetlab writes, ready to run: trained weights (.safetensors) or an exported or
+INT8-quantized graph (.onnx). ``eval``, ``predict`` and ``bench`` take either through ``load_deployed``."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import CheckpointError, ConfigError
+from .preprocessing import Preprocessing
+
+
+@dataclass
+class DeployedModel:
+    """``model(images) -> logits`` on normalised NCHW float images, with what it needs around it."""
+
+    path: Path
+    format: str  # "safetensors" or "onnx"
+    arch: str
+    precision: str  # "fp32", or "int8" for a quantized graph
+    class_names: list[str] | None
+    num_classes: int
+    preprocessing: Preprocessing
+    device: torch.device
+    run: Callable[[torch.Tensor], torch.Tensor]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.run(images)
+
+    def eval(self) -> DeployedModel:  # the training loop's ``evaluate`` calls it; nothing here trains
+        return self
+
+
+def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu") -> DeployedModel:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} does not exist")
+    device = torch.device(device)
+    if path.suffix == ".onnx":
+        return _onnx(path, device)
+    if path.suffix == ".safetensors":
+        return _safetensors(path, device)
+    raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train) nor an .onnx "
+                          "(resnetlab export or quantize) model file")
+
+
+def _safetensors(path: Path, device: torch.device) -> DeployedModel:
+    from .models import load_model
+
+    model = load_model(path).eval().to(device)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(images.to(device))
+
+    return DeployedModel(path=path, format="safetensors", arch=model.arch, precision="fp32",
+                         class_names=model.class_names, num_classes=model.config.num_classes,
+                         preprocessing=model.preprocessing, device=device, run=run)
+
+
+def _onnx(path: Path, device: torch.device) -> DeployedModel:
+    if device.type != "cpu":
+        raise ConfigError(f"ONNX models run on the CPU here (ONNX Runtime's CPU provider), not {device}")
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError("running .onnx models needs ONNX Runtime: pip install onnxruntime onnx") from None
+    from .export import read_export_metadata
+
+    metadata = read_export_metadata(path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        (logits,) = session.run(None, {"images": images.detach().float().cpu().contiguous().numpy()})
+        return torch.from_numpy(logits)
+
+    return DeployedModel(path=path, format="onnx", arch=metadata["arch"], precision=metadata.get("precision", "fp32"),
+                         class_names=metadata["class_names"], num_classes=metadata["config"]["num_classes"],
+                         preprocessing=Preprocessing(**metadata["preprocessing"]), device=device, run=run)
