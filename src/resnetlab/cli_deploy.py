@@ -1,4 +1,4 @@
-"""``resnetlab export`` and ``quantize``: a trained model as a deployable file, with before/after figures."""
+"""``resnetlab export``, ``quantize`` and ``prune``: a trained model made deployable, with before/after figures."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,21 @@ def add_export_parser(commands) -> None:
     quantize.add_argument("--data", help="also measure top-1 before and after on this folder's val/test split")
     quantize.add_argument("--out", type=Path, help="the .onnx to write (default: CHECKPOINT.int8.onnx)")
     quantize.set_defaults(run=cmd_quantize)
+
+    prune = commands.add_parser(
+        "prune", help="structured channel pruning to a MAC budget, then fine-tuning",
+        description="Remove each block's weakest inner channels until the network has --target-macs of its "
+                    "MACs, fine-tune it on --data, and save a smaller dense model (plain config + weights).")
+    prune.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    prune.add_argument("--data", required=True, help="image folder to fine-tune on and evaluate with, or cifar10")
+    prune.add_argument("--target-macs", type=float, default=0.5, help="fraction of the MACs to keep (default 0.5)")
+    prune.add_argument("--criterion", default="l1", choices=["l1", "bn-gamma"],
+                       help="how a channel is ranked: its filter's L1 norm, or its BN scale (default l1)")
+    prune.add_argument("--finetune-epochs", type=int, default=5, help="0 skips fine-tuning (default 5)")
+    prune.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak lr (default 0.01)")
+    prune.add_argument("--batch-size", type=int, default=128)
+    prune.add_argument("--out", type=Path, help="run directory (default: beside the checkpoint, pruned-<target>)")
+    prune.set_defaults(run=cmd_prune)
 
 
 def cmd_export(args: argparse.Namespace, console) -> None:
@@ -86,3 +101,52 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
             table.add_row(label, f"{path.stat().st_size / 1e6:.2f}", f"{latency:.2f}", top1)
     console.print(table)
     print(f"wrote {out}")
+
+
+def cmd_prune(args: argparse.Namespace, console) -> None:
+    from rich.table import Table
+
+    from .bench.measure import measure
+    from .compress.prune import prune_model
+    from .complexity import count_macs, count_parameters
+    from .config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+    from .deployed import load_deployed
+    from .engine.evaluation import evaluate_model
+    from .engine.trainer import BEST_WEIGHTS, train
+    from .errors import ConfigError
+    from .models import load_model, save_weights
+
+    if args.finetune_epochs < 0:
+        raise ConfigError(f"--finetune-epochs must be 0 or more, not {args.finetune_epochs}")
+    original = load_model(args.checkpoint).eval()
+    pruned = prune_model(original, args.target_macs, args.criterion)
+    out = args.out or args.checkpoint.parent / f"pruned-{args.target_macs:g}"
+    if (out / "pruned.safetensors").exists():
+        raise ConfigError(f"{out} already holds a pruned model; choose another --out")
+    pruned_path = save_weights(pruned, out / "pruned.safetensors")
+    stages = [("original", args.checkpoint), (f"pruned ({args.criterion})", pruned_path)]
+    if args.finetune_epochs:
+        config = TrainConfig(
+            model=ModelConfig(name=pruned.arch, options={"mid_channels": [list(w) for w in pruned.config.mid_channels]},
+                              weights=str(pruned_path)),
+            data=DataConfig(data=args.data, batch_size=args.batch_size),
+            optim=OptimConfig(lr=args.lr),
+            schedule=ScheduleConfig(name="cosine"), epochs=args.finetune_epochs, out=str(out / "finetune"))
+        train(config)
+        stages.append((f"pruned + {args.finetune_epochs} epochs", out / "finetune" / BEST_WEIGHTS))
+
+    side = original.preprocessing.input_size
+    example = torch.randn(1, original.config.in_chans, side, side)
+    table = Table(title=f"{original.arch}: pruned to {args.target_macs:g} of its MACs")
+    for column in ("model", "params", "GMACs", "ms (batch 1)", "top-1"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for label, path in stages:
+        model = load_model(path).eval()
+        deployed = load_deployed(path)
+        latency = measure(deployed, example, warmup=3, repeats=20).latency_ms_median
+        top1 = evaluate_model(deployed, args.data)[0].top1
+        table.add_row(label, f"{count_parameters(model):,}", f"{count_macs(model) / 1e9:.3f}", f"{latency:.2f}",
+                      f"{100 * top1:.2f}%")
+    console.print(table)
+    print(f"wrote {stages[-1][1]}")
+
