@@ -80,9 +80,9 @@ def test_prune_command_fine_tunes_on_real_data(cifar_classifier, cifar10_root, t
     assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--target-macs", "0.5",
                  "--finetune-epochs", "2", "--batch-size", "32", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "pruned to 0.5 of its MACs" in printed and "pruned + 2 epochs" in printed
-    original, tuned = load_model(cifar_classifier), load_model(out / "finetune" / "best.safetensors")
+    assert "pruned to 0.5 of its MACs" in printed and "prune (before training)" in printed
+    original, tuned = load_model(cifar_classifier), load_model(out / "1-prune" / "finetune" / "best.safetensors")
     assert count_macs(tuned) <= 0.5 * count_macs(original)
     assert tuned.class_names == original.class_names
     assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--out", str(out)]) == 2
-    assert "already holds a pruned model" in capsys.readouterr().err
+    assert "already holds a compression report" in capsys.readouterr().err

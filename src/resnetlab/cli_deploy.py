@@ -47,6 +47,7 @@ def add_export_parser(commands) -> None:
     prune.add_argument("--batch-size", type=int, default=128)
     prune.add_argument("--out", type=Path, help="run directory (default: beside the checkpoint, pruned-<target>)")
     prune.set_defaults(run=cmd_prune)
+    add_compress_parser(commands)
 
 
 def cmd_export(args: argparse.Namespace, console) -> None:
@@ -104,49 +105,59 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
 
 
 def cmd_prune(args: argparse.Namespace, console) -> None:
+    from .compress.chain import ChainSettings, compress
+
+    settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, epochs=args.finetune_epochs,
+                             lr=args.lr, batch_size=args.batch_size)
+    out = args.out or args.checkpoint.parent / f"pruned-{args.target_macs:g}"
+    records = compress(args.checkpoint, args.data, ["prune"], out, settings)
+    print_records(records, f"pruned to {args.target_macs:g} of its MACs", console)
+
+
+def add_compress_parser(commands) -> None:
+    chain = commands.add_parser(
+        "compress", help="prune, distill, quantize and export in one go, measured after every step",
+        description="Run the compression steps in order (prune -> distill -> quantize -> export); after each, "
+                    "record parameters, MACs, file size, batch-1 latency and top-1 in one report. With prune "
+                    "and distill, the pruned network is trained with the original as its teacher.")
+    chain.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    chain.add_argument("--data", required=True, help="image folder with train/ and val/ or test/ splits")
+    chain.add_argument("--steps", default="prune,distill,quantize,export",
+                       help="comma-separated, from prune, distill, quantize, export (default: all four)")
+    chain.add_argument("--out", required=True, type=Path, help="folder for each step's file and report.json")
+    chain.add_argument("--target-macs", type=float, default=0.5, help="prune: fraction of the MACs to keep")
+    chain.add_argument("--criterion", default="l1", choices=["l1", "bn-gamma"], help="prune: channel ranking")
+    chain.add_argument("--student", help="distill without prune: the architecture to train")
+    chain.add_argument("--epochs", type=int, default=5, help="training after pruning / of the student (default 5)")
+    chain.add_argument("--lr", type=float, default=0.01)
+    chain.add_argument("--batch-size", type=int, default=128)
+    chain.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the soft targets")
+    chain.add_argument("--temperature", type=float, default=4.0, help="distill: softening temperature")
+    chain.add_argument("--calib-images", type=int, default=256, help="quantize: calibration images")
+    chain.set_defaults(run=cmd_compress)
+
+
+def cmd_compress(args: argparse.Namespace, console) -> None:
+    from .compress.chain import ChainSettings, compress
+
+    settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, student=args.student,
+                             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, alpha=args.alpha,
+                             temperature=args.temperature, calib_images=args.calib_images)
+    steps = [step.strip() for step in args.steps.split(",") if step.strip()]
+    records = compress(args.checkpoint, args.data, steps, args.out, settings)
+    print_records(records, " -> ".join(["original", *steps]), console)
+    print(f"wrote {args.out / 'report.json'}")
+
+
+def print_records(records, title: str, console) -> None:
     from rich.table import Table
 
-    from .bench.measure import measure
-    from .compress.prune import prune_model
-    from .complexity import count_macs, count_parameters
-    from .config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
-    from .deployed import load_deployed
-    from .engine.evaluation import evaluate_model
-    from .engine.trainer import BEST_WEIGHTS, train
-    from .errors import ConfigError
-    from .models import load_model, save_weights
-
-    if args.finetune_epochs < 0:
-        raise ConfigError(f"--finetune-epochs must be 0 or more, not {args.finetune_epochs}")
-    original = load_model(args.checkpoint).eval()
-    pruned = prune_model(original, args.target_macs, args.criterion)
-    out = args.out or args.checkpoint.parent / f"pruned-{args.target_macs:g}"
-    if (out / "pruned.safetensors").exists():
-        raise ConfigError(f"{out} already holds a pruned model; choose another --out")
-    pruned_path = save_weights(pruned, out / "pruned.safetensors")
-    stages = [("original", args.checkpoint), (f"pruned ({args.criterion})", pruned_path)]
-    if args.finetune_epochs:
-        config = TrainConfig(
-            model=ModelConfig(name=pruned.arch, options={"mid_channels": [list(w) for w in pruned.config.mid_channels]},
-                              weights=str(pruned_path)),
-            data=DataConfig(data=args.data, batch_size=args.batch_size),
-            optim=OptimConfig(lr=args.lr),
-            schedule=ScheduleConfig(name="cosine"), epochs=args.finetune_epochs, out=str(out / "finetune"))
-        train(config)
-        stages.append((f"pruned + {args.finetune_epochs} epochs", out / "finetune" / BEST_WEIGHTS))
-
-    side = original.preprocessing.input_size
-    example = torch.randn(1, original.config.in_chans, side, side)
-    table = Table(title=f"{original.arch}: pruned to {args.target_macs:g} of its MACs")
-    for column in ("model", "params", "GMACs", "ms (batch 1)", "top-1"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for label, path in stages:
-        model = load_model(path).eval()
-        deployed = load_deployed(path)
-        latency = measure(deployed, example, warmup=3, repeats=20).latency_ms_median
-        top1 = evaluate_model(deployed, args.data)[0].top1
-        table.add_row(label, f"{count_parameters(model):,}", f"{count_macs(model) / 1e9:.3f}", f"{latency:.2f}",
-                      f"{100 * top1:.2f}%")
+    table = Table(title=title)
+    for column in ("step", "params", "GMACs", "MB", "ms (batch 1)", "top-1"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for record in records:
+        table.add_row(record.step, f"{record.params:,}" if record.params is not None else "-",
+                      f"{record.macs / 1e9:.3f}", f"{record.megabytes:.2f}", f"{record.latency_ms:.2f}",
+                      f"{100 * record.top1:.2f}%")
     console.print(table)
-    print(f"wrote {stages[-1][1]}")
-
+    print(f"wrote {records[-1].path}")

@@ -1,0 +1,61 @@
+"""Pruned vs unpruned on CPU, in one process: parameters, MACs and measured batch-1 latency.
+
+Pruning is only worth it if latency falls with the MACs: each model runs eager and through
+ONNX Runtime, before and after ``prune_model`` (random weights: speed does not depend on them).
+
+    .venv/bin/python benchmarks/bench_prune.py [cifar_resnet56 resnet50 ...] [--target-macs 0.5] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from resnetlab import count_macs, count_parameters, create_model
+from resnetlab.compress.prune import prune_model
+from resnetlab.optimize import optimize
+
+
+def median_ms(run, example, rounds: int) -> float:
+    for _ in range(3):
+        run(example)
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run(example)
+        samples.append(time.perf_counter() - start)
+    return 1000 * statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="*", default=["cifar_resnet56", "resnet18", "resnet50"])
+    parser.add_argument("--target-macs", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    print(f"{args.threads} threads, batch 1, median of {args.rounds} runs, target {args.target_macs:g} of the MACs")
+    print(f"{'model':16s} {'params':>12s} {'GMACs':>13s} {'eager ms':>15s} {'x':>5s} {'ort ms':>13s} {'x':>5s}")
+    for name in args.models:
+        model = create_model(name).eval()
+        pruned = prune_model(model, args.target_macs).eval()
+        side = model.preprocessing.input_size
+        example = torch.randn(1, 3, side, side)
+        times = {}
+        for label, net in (("full", model), ("pruned", pruned)):
+            times[label, "eager"] = median_ms(optimize(net, "eager"), example, args.rounds)
+            times[label, "ort"] = median_ms(optimize(net, "onnxruntime"), example, args.rounds)
+        print(f"{name:16s} {count_parameters(model) / 1e6:5.2f}->{count_parameters(pruned) / 1e6:5.2f}M "
+              f"{count_macs(model) / 1e9:6.3f}->{count_macs(pruned) / 1e9:5.3f} "
+              f"{times['full', 'eager']:7.2f}->{times['pruned', 'eager']:6.2f} "
+              f"{times['full', 'eager'] / times['pruned', 'eager']:5.2f} "
+              f"{times['full', 'ort']:6.2f}->{times['pruned', 'ort']:5.2f} "
+              f"{times['full', 'ort'] / times['pruned', 'ort']:5.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The compression chain: prune, distill, quantize, export, each step re-measured the same way.
+
+Every step starts from the previous step's file and writes its own under ``out/<n>-<step>/``, so
+a failed step leaves the earlier ones usable. After each, the same record is taken: parameters,
+MACs, file size, batch-1 CPU latency and top-1 on the data's val/test split.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_path
+from ..bench.measure import measure
+from ..complexity import count_macs, count_parameters
+from ..config import DataConfig, DistillConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from ..deployed import load_deployed
+from ..engine.evaluation import evaluate_model
+from ..errors import ConfigError
+from ..export import export_model, read_export_metadata
+from ..models import load_model, save_weights
+from .prune import prune_model
+from .quantize import calibration_batches, quantize_model
+
+STEPS = ("prune", "distill", "quantize", "export")  # the order they run in
+
+
+@dataclass
+class ChainSettings:
+    """What the steps need beyond the checkpoint and the data; the command's flags."""
+
+    target_macs: float = 0.5  # prune: fraction of the MACs to keep
+    criterion: str = "l1"  # prune: how channels are ranked
+    student: str | None = None  # distill without prune: the architecture to train (with prune: the pruned net)
+    epochs: int = 5  # training after pruning (0: none), or of the student
+    lr: float = 0.01
+    batch_size: int = 128
+    alpha: float = 0.5  # distill: weight of the teacher's soft targets
+    temperature: float = 4.0
+    calib_images: int = 256  # quantize: real images from the data's train split
+
+
+@dataclass
+class StepRecord:
+    step: str
+    path: str
+    params: int | None  # None for an INT8 graph: its parameters are not PyTorch's
+    macs: int
+    megabytes: float
+    latency_ms: float  # batch 1, CPU, median of 20
+    top1: float
+
+
+def check_steps(steps: list[str], settings: ChainSettings) -> list[str]:
+    unknown = [step for step in steps if step not in STEPS]
+    if unknown or not steps:
+        raise ConfigError(f"unknown compression step(s) {', '.join(unknown) or '(none)'}; choose from "
+                          f"{', '.join(STEPS)}, e.g. prune,distill,quantize,export")
+    if len(set(steps)) != len(steps):
+        raise ConfigError(f"each step runs once: {','.join(steps)}")
+    if "distill" in steps and "prune" not in steps and not settings.student:
+        raise ConfigError("distill without prune needs --student NAME, the smaller architecture to train")
+    if settings.epochs < 0 or (settings.epochs < 1 and "distill" in steps):
+        raise ConfigError(f"training epochs must be at least 1 for distillation and 0 or more after pruning, "
+                          f"not {settings.epochs}")
+    return sorted(steps, key=STEPS.index)
+
+
+def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Path,
+             settings: ChainSettings = ChainSettings()) -> list[StepRecord]:
+    steps = check_steps(steps, settings)
+    out, checkpoint = Path(out), Path(checkpoint)
+    if (out / "report.json").exists():
+        raise ConfigError(f"{out} already holds a compression report; choose another --out")
+    original = load_model(checkpoint).eval()
+    macs = count_macs(original)  # changes only with the architecture: INT8 and export keep the arithmetic
+    records = [_record("original", checkpoint, data, macs)]
+    current = checkpoint
+    for number, step in enumerate(steps, start=1):
+        folder = out / f"{number}-{step}"
+        if step == "prune":
+            pruned = prune_model(load_model(current).eval(), settings.target_macs, settings.criterion)
+            current, macs = save_weights(pruned, folder / "pruned.safetensors"), count_macs(pruned)
+            records.append(_record("prune (before training)", current, data, macs))
+            if "distill" in steps or settings.epochs == 0:
+                continue  # the distillation step trains the pruned network, with the original as teacher
+            current = _train(current, data, folder / "finetune", settings, teacher=None)
+        elif step == "distill":
+            current = _train(current if "prune" in steps else None, data, folder, settings, teacher=checkpoint)
+            macs = count_macs(load_model(current))
+        elif step == "quantize":
+            model = load_model(current).eval()
+            calibration = calibration_batches(model, _train_split(data), settings.calib_images)
+            current = quantize_model(model, calibration, folder / "model.int8.onnx")
+        else:  # export: the chain's deployable file, checked against what it came from
+            current = _export(current, folder)
+        records.append(_record(step, current, data, macs))
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps([asdict(record) for record in records], indent=2) + "\n")
+    return records
+
+
+def _train(start: Path | None, data: str, out: Path, settings: ChainSettings, teacher: Path | None) -> Path:
+    """Fine-tune the pruned network (``start``), or train ``settings.student`` from scratch, with or
+    without the teacher."""
+    from ..engine.trainer import BEST_WEIGHTS, train
+
+    if start is not None:
+        model = load_model(start)
+        options = {"mid_channels": [list(widths) for widths in model.config.mid_channels]} \
+            if model.config.mid_channels else {}
+        model_config = ModelConfig(name=model.arch, options=options, weights=str(start))
+    else:
+        model_config = ModelConfig(name=settings.student)
+    config = TrainConfig(
+        model=model_config, data=DataConfig(data=data, batch_size=settings.batch_size),
+        optim=OptimConfig(lr=settings.lr), schedule=ScheduleConfig(name="cosine"),
+        distill=DistillConfig(teacher=str(teacher) if teacher else None, alpha=settings.alpha,
+                              temperature=settings.temperature),
+        epochs=settings.epochs, out=str(out))
+    train(config)
+    return out / BEST_WEIGHTS
+
+
+def _export(current: Path, folder: Path) -> Path:
+    target = folder / "model.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    if current.suffix == ".onnx":  # already a graph (INT8): check it reads back whole, then place it
+        read_export_metadata(current)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(current, tmp)
+        return target
+    return export_model(load_model(current), target).path
+
+
+def _train_split(data: str) -> Path:
+    folder = Path(data) / "train"
+    if not folder.is_dir():
+        raise ConfigError(f"quantization calibrates on {folder}, which does not exist; the chain needs an "
+                          "image folder with a train/ split")
+    return folder
+
+
+def _record(step: str, path: Path, data: str, macs: int) -> StepRecord:
+    deployed = load_deployed(path)
+    side = deployed.preprocessing.input_size
+    example = torch.randn(1, 3, side, side)
+    latency = measure(deployed, example, warmup=3, repeats=20).latency_ms_median
+    params = count_parameters(load_model(path)) if path.suffix == ".safetensors" else None
+    return StepRecord(step=step, path=str(path), params=params, macs=macs,
+                      megabytes=path.stat().st_size / 1e6, latency_ms=latency,
+                      top1=evaluate_model(deployed, data)[0].top1)

@@ -1,0 +1,59 @@
+"""resnetlab compress: prune -> distill -> quantize -> export, each step re-measured in one report."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from resnetlab.cli import main
+from resnetlab.compress.chain import ChainSettings, check_steps, compress
+from resnetlab.deployed import load_deployed
+from resnetlab.errors import ConfigError
+from subsets import cifar_subset
+
+pytestmark = pytest.mark.xdist_group("compress")
+QUICK = ChainSettings(epochs=1, batch_size=32, calib_images=64, lr=0.02)
+
+
+@pytest.fixture(scope="module")
+def small_cifar(cifar10_root, tmp_path_factory):
+    """500 real training images (50 a class) and 500 test images."""
+    return cifar_subset(cifar10_root, tmp_path_factory.mktemp("cifar_c"), train_per_class=50, test_per_class=50)
+
+
+def test_the_whole_chain_records_every_step(cifar_classifier, small_cifar, tmp_path, capsys):
+    out = tmp_path / "chain"
+    assert main(["compress", "--checkpoint", str(cifar_classifier), "--data", str(small_cifar), "--out", str(out),
+                 "--epochs", "1", "--batch-size", "32", "--calib-images", "64"]) == 0
+    assert "original -> prune -> distill -> quantize -> export" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert [r["step"] for r in report] == ["original", "prune (before training)", "distill", "quantize", "export"]
+    original, pruned, distilled, quantized, exported = report
+    assert pruned["macs"] <= 0.5 * original["macs"] and distilled["macs"] == pruned["macs"] == quantized["macs"]
+    assert distilled["params"] < original["params"] and quantized["params"] is None
+    assert quantized["megabytes"] < 0.5 * distilled["megabytes"]
+    assert exported["path"].endswith("4-export/model.onnx") and exported["top1"] == quantized["top1"]
+    assert all(0 <= r["top1"] <= 1 and r["latency_ms"] > 0 for r in report)
+    final = load_deployed(exported["path"])  # the deployable file: INT8, with its labels and preprocessing
+    assert final.precision == "int8" and final.class_names == load_deployed(cifar_classifier).class_names
+
+
+def test_distill_alone_trains_the_named_student(cifar_classifier, small_cifar, tmp_path):
+    records = compress(cifar_classifier, str(small_cifar), ["distill"], tmp_path / "kd",
+                       ChainSettings(student="cifar_resnet20", epochs=1, batch_size=32))
+    assert [r.step for r in records] == ["original", "distill"]
+    assert records[1].path.endswith("1-distill/best.safetensors")
+
+
+@pytest.mark.parametrize("steps, settings, message", [
+    (["prune", "shrink"], QUICK, "unknown compression step(s) shrink"),
+    (["prune", "prune"], QUICK, "each step runs once"),
+    (["distill"], QUICK, "distill without prune needs --student NAME"),
+])
+def test_bad_chains_are_refused_before_any_work(steps, settings, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_steps(steps, settings)
+
+
+def test_steps_run_in_the_chain_order_whatever_order_they_are_given():
+    assert check_steps(["export", "quantize", "prune"], QUICK) == ["prune", "quantize", "export"]
