@@ -8,25 +8,17 @@ ONNX Runtime, before and after ``prune_model`` (random weights: speed does not d
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from resnetlab import count_macs, count_parameters, create_model
+from resnetlab.bench.measure import measure
 from resnetlab.compress.prune import prune_model
 from resnetlab.optimize import optimize
 
 
 def median_ms(run, example, rounds: int) -> float:
-    for _ in range(3):
-        run(example)
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run(example)
-        samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(samples)
+    return measure(run, example, warmup=3, repeats=rounds).latency_ms_median
 
 
 def main() -> None:

@@ -9,14 +9,13 @@ them; accuracy does, and is measured by ``resnetlab quantize --data`` on a train
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from resnetlab import create_model
+from resnetlab.bench.measure import measure
 from resnetlab.compress.quantize import calibration_batches, quantize_model
 from resnetlab.demo import extract_demo_data
 from resnetlab.deployed import load_deployed
@@ -24,14 +23,7 @@ from resnetlab.export import export_model
 
 
 def median_ms(run, example, rounds: int) -> float:
-    for _ in range(3):
-        run(example)
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        run(example)
-        samples.append(time.perf_counter() - start)
-    return 1000 * statistics.median(samples)
+    return measure(run, example, warmup=3, repeats=rounds).latency_ms_median
 
 
 def main() -> None:
