@@ -86,3 +86,12 @@ def test_prune_command_fine_tunes_on_real_data(cifar_classifier, cifar10_root, t
     assert tuned.class_names == original.class_names
     assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--out", str(out)]) == 2
     assert "already holds a compression report" in capsys.readouterr().err
+
+
+def test_bench_counts_the_pruned_widths(tmp_path):
+    from resnetlab.bench.run import run_benchmark
+
+    pruned = prune_model(create_model("cifar_resnet20", num_classes=10), 0.5)
+    path = save_weights(pruned, tmp_path / "pruned.safetensors")
+    (row,) = run_benchmark([], checkpoint=str(path), threads=1, warmup=0, repeats=1)
+    assert row.macs == count_macs(pruned) and row.params == count_parameters(pruned)

@@ -93,3 +93,14 @@ def test_quantize_refuses_a_checkpoint_that_is_not_a_resnetlab_model(tmp_path, c
     foreign.write_bytes(b"\x00" * 16)
     assert main(["quantize", "--checkpoint", str(foreign), "--calib", str(cifar_eval / "train")]) == 2
     assert "torchvision_resnet18.safetensors" in capsys.readouterr().err
+
+
+def test_bench_measures_the_int8_file_as_it_is(int8_model, cifar_eval):
+    from resnetlab.bench.run import run_benchmark
+
+    rows = run_benchmark([], batch_sizes=[1, 4], checkpoint=str(int8_model), data=str(cifar_eval), threads=1,
+                         warmup=1, repeats=2)
+    assert [(r.backend, r.precision, r.batch_size, r.input_size) for r in rows] == [
+        ("onnxruntime", "int8", 1, 32), ("onnxruntime", "int8", 4, 32)]
+    assert rows[0].macs == rows[1].macs > 0 and rows[0].fraction_of_peak is None  # the peak is an fp32 figure
+    assert 0.25 < rows[0].top1 == rows[1].top1 <= 1

@@ -30,6 +30,10 @@ class DeployedModel:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images)
 
+    @property
+    def backend(self) -> str:
+        return "onnxruntime" if self.format == "onnx" else "eager"
+
     def eval(self) -> DeployedModel:  # the training loop's ``evaluate`` calls it; nothing here trains
         return self
 

@@ -11,6 +11,7 @@ import copy
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
@@ -19,7 +20,9 @@ from ..complexity import count_macs, count_parameters
 from ..config import DataConfig
 from ..data.loaders import build_eval_loader
 from ..errors import ConfigError
-from ..models import create_model, load_model
+from ..deployed import DeployedModel, load_deployed
+from ..export import read_export_metadata
+from ..models import ResNet, ResNetConfig, create_model, load_model
 from ..models.registry import model_config
 from ..optimize import optimize
 from .hardware import cpu_peak, torch_threads
@@ -84,7 +87,8 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
     """Measure every combination; rows come in the order model, input size, backend, precision, batch.
 
     ``input_sizes`` None: each model's own (224 for ImageNet models, 32 for CIFAR ones).
-    ``checkpoint`` (a file ``save_weights`` wrote) is measured instead of registry ``models``; with
+    ``checkpoint`` (a file ``save_weights`` wrote, or an ``.onnx`` from ``resnetlab export`` or
+    ``quantize``, measured as it is with ONNX Runtime) is measured instead of registry ``models``; with
     ``data`` (a folder with a val/ or test/ split, or cifar10) each backend and precision also gets
     its top-1 there, at the checkpoint's own preprocessing. ``threads`` sets torch's CPU threads for
     the run (None keeps the current setting). On a CPU, fp32 rows carry their fraction of the CPU's
@@ -96,7 +100,17 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
     if checkpoint is not None:
         if models:
             raise ConfigError("give either model names or --checkpoint, not both: the checkpoint names its model")
-        measured = load_model(checkpoint).eval()
+        if Path(checkpoint).suffix == ".onnx":
+            graph = load_deployed(checkpoint)
+            if list(backends) != ["eager"] or list(precisions) != ["fp32"]:
+                raise ConfigError("an .onnx file is measured as it is (ONNX Runtime, its own precision): "
+                                  "leave out --backend and --precision")
+            if input_sizes and set(input_sizes) != {graph.preprocessing.input_size}:
+                raise ConfigError(f"{checkpoint} was exported at {graph.preprocessing.input_size} px; "
+                                  "leave out --input-size")
+            measured = graph
+        else:
+            measured = load_model(checkpoint).eval()
         models = [measured.arch]
     for label, values in (("model", models), ("backend", backends), ("precision", precisions)):
         if not values:
@@ -120,28 +134,32 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
         for label in sorted(set(libraries) - set(found)):
             log.info("%s has no model named %s: no %s row for it", label, name, label)
 
+    as_is = isinstance(measured, DeployedModel) if checkpoint is not None else False
+    settings_per_size = 1 if as_is else len(backends) * len(precisions)
     rows = []
-    total = sum(len(input_sizes or [None]) * len(batch_sizes) * (len(backends) * len(precisions) + len(comparisons[name]))
+    total = sum(len(input_sizes or [None]) * len(batch_sizes) * (settings_per_size + len(comparisons[name]))
                 for name in models)
     with torch_threads(threads) as used:
-        _check_backends(backends, precisions, target)
+        if not as_is:
+            _check_backends(backends, precisions, target)
         peak = cpu_peak(used).gflops if target.type == "cpu" else None
         with tqdm(total=total, desc="bench", unit="row", disable=None, leave=False) as progress:
             for name in models:
-                model = (measured if checkpoint is not None else create_model(name).eval()).to(target)
+                model = measured if as_is else \
+                    (measured if checkpoint is not None else create_model(name).eval()).to(target)
                 loader = _eval_loader(model, data) if data is not None else None
-                with torch.device("meta"):
-                    shapes_only = create_model(name)
+                with torch.device("meta"):  # the checkpoint's own config: a pruned net has its own widths
+                    shapes_only = ResNet(_config_of(model, checkpoint))
                 references = {label: libraries[label].build(name).eval().to(target) for label in comparisons[name]}
                 for size in input_sizes or [model.preprocessing.input_size]:
                     macs = count_macs(shapes_only, size)
-                    settings = [_optimized(model, backend, precision, size)
-                                for backend in backends for precision in precisions]
+                    settings = [_as_it_is(model, count_parameters(shapes_only))] if as_is else \
+                        [_optimized(model, backend, precision, size) for backend in backends for precision in precisions]
                     settings += [_reference(label, module) for label, module in references.items()]
                     for setting in settings:
                         first = len(rows)
                         for batch in batch_sizes:
-                            images = torch.randn(batch, model.config.in_chans, size, size, device=target)
+                            images = torch.randn(batch, shapes_only.config.in_chans, size, size, device=target)
                             # top-1 does not depend on the batch size: measured once per setting
                             scored = loader if len(rows) == first and setting.holds_our_weights else None
                             rows.append(_row(name, setting, images, macs, peak, warmup, repeats, scored))
@@ -192,6 +210,17 @@ def _check_backends(backends: Sequence[str], precisions: Sequence[str], device: 
 def _optimized(model: torch.nn.Module, backend: str, precision: str, size: int) -> _Setting:
     return _Setting(build=lambda: optimize(model, backend=backend, precision=precision, input_size=(size, size)),
                     precision=precision, params=count_parameters(model), holds_our_weights=True)
+
+
+def _as_it_is(model: DeployedModel, params: int) -> _Setting:
+    return _Setting(build=lambda: load_deployed(model.path), precision=model.precision, params=params,
+                    holds_our_weights=True)
+
+
+def _config_of(model, checkpoint: str | None) -> ResNetConfig:
+    if isinstance(model, DeployedModel):
+        return ResNetConfig(**read_export_metadata(checkpoint)["config"])
+    return model.config
 
 
 def _reference(label: str, module: torch.nn.Module) -> _Setting:
