@@ -269,4 +269,6 @@ def cmd_demo(args: argparse.Namespace, console) -> None:
         "  resnetlab train --recipe recipes/finetune_resnet18.yaml --data DIR --out runs/mine\n"
         "  resnetlab eval --checkpoint runs/mine/best.safetensors --data DIR\n"
         "  resnetlab predict --checkpoint runs/mine/best.safetensors photo.jpg\n"
-        "The paper's CIFAR-10 schedule: resnetlab train --recipe recipes/cifar10_resnet20.yaml", markup=False)
+        "The paper's CIFAR-10 schedule: resnetlab train --recipe recipes/cifar10_resnet20.yaml\n"
+        f"Deploy this one: resnetlab quantize --checkpoint {best} --calib {data / 'train'} --data {data}\n"
+        f"  (or resnetlab export / prune / compress; resnetlab bench --checkpoint {best} to time it)", markup=False)
