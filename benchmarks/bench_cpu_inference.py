@@ -21,7 +21,7 @@ import torchvision
 
 from resnetlab import count_macs, create_model
 from resnetlab.bench.hardware import cpu_peak, sgemm_gflops
-from resnetlab.optimize import backend_available, optimize
+from resnetlab.inference import backend_available, optimize
 
 CPU = torch.device("cpu")
 

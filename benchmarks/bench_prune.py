@@ -14,7 +14,7 @@ import torch
 from resnetlab import count_macs, count_parameters, create_model
 from resnetlab.bench.measure import measure
 from resnetlab.compress.prune import prune_model
-from resnetlab.optimize import optimize
+from resnetlab.inference import optimize
 
 
 def median_ms(run, example, rounds: int) -> float:

@@ -12,7 +12,7 @@ from resnetlab.data.datasets import decode_files
 from resnetlab.data.folders import scan_split
 from resnetlab.errors import ConfigError
 from resnetlab.image_input import normalize
-from resnetlab.optimize import CPU_PREFERENCE, backend_available, fold_batch_norm, optimize
+from resnetlab.inference import CPU_PREFERENCE, backend_available, fold_batch_norm, optimize
 
 CPU = torch.device("cpu")
 EXPORTING_BACKENDS = ("compile", "onnxruntime", "openvino")
@@ -127,3 +127,12 @@ def test_deformable_models_fold_around_their_deformable_convolutions():
         assert_same_logits(optimize(model, backend, input_size=(64, 64))(images), expected)
     with pytest.raises(ConfigError, match="no converter for torchvision's deform_conv2d"):
         optimize(model, "onnxruntime")
+
+
+def test_the_package_offers_optimize_and_train_at_the_top():
+    import resnetlab
+    from resnetlab.engine.trainer import train
+
+    assert resnetlab.optimize is optimize and resnetlab.train is train
+    with pytest.raises(AttributeError, match="no attribute 'optimise'"):
+        resnetlab.optimise

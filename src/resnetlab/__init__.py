@@ -9,8 +9,21 @@ from .preprocessing import Preprocessing
 
 __version__ = version("resnetlab")
 
+# The training engine and the inference backends pull in the data stack, TensorBoard and the
+# exporters: they load on first use, so `import resnetlab` stays quick for model building.
+_LAZY = {"train": "engine.trainer", "TrainConfig": "config", "optimize": "inference",
+         "export_model": "export", "load_deployed": "deployed"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'resnetlab' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+
 __all__ = [
     "CheckpointError", "ConfigError", "LoadReport", "Preprocessing", "ResNet", "ResNetConfig",
     "ResnetlabError", "count_macs", "count_parameters", "create_model", "list_models",
-    "load_model", "load_weights", "save_weights", "stage_table",
+    "load_model", "load_weights", "save_weights", "stage_table", *_LAZY,
 ]

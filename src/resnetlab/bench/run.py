@@ -24,7 +24,7 @@ from ..deployed import DeployedModel, load_deployed
 from ..export import read_export_metadata
 from ..models import ResNet, ResNetConfig, create_model, load_model
 from ..models.registry import model_config
-from ..optimize import optimize
+from ..inference import optimize
 from .hardware import cpu_peak, torch_threads
 from .measure import measure
 from .memory import held_bytes
