@@ -205,3 +205,23 @@ def test_backbone_trains_end_to_end_on_a_toy_segmentation_loss():
     loss = F.mse_loss(stem.mean(1), torch.zeros(2, 32, 32)) + deepest.mean()
     loss.backward()
     assert backbone.conv1.weight.grad is not None and backbone.conv1.weight.grad.abs().sum() > 0
+
+
+def test_a_classifier_frozen_before_wrapping_stays_frozen_in_the_backbone():
+    model = create_model("resnet18")
+    model.freeze(stages=1)
+    backbone = ResNetFeatures(model).train()
+    assert not backbone.bn1.training and not backbone.layer1[0].bn1.training  # statistics kept
+    assert backbone.layer2[0].bn1.training
+    assert not any(p.requires_grad for p in backbone.layer1.parameters())
+
+
+@pytest.mark.parametrize("holder", ["classifier", "backbone"])
+def test_freezing_every_stage_of_a_preact_net_freezes_its_final_norm_too(holder):
+    model = create_model("preact_resnet18")
+    if holder == "classifier":
+        model.freeze(stages=4)
+        frozen = model.train()
+    else:
+        frozen = ResNetFeatures(model, frozen_stages=4).train()
+    assert not frozen.final_bn.training and not frozen.final_bn.weight.requires_grad

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.resnet import ResNet
+from ..models.resnet import ResNet, stem_and_stages
 
 
 class FeatureInfo(list):
@@ -64,7 +64,11 @@ class ResNetFeatures(nn.Module):
         # classifier's head sees it that way, so the backbone returns it that way too.
         self.final_bn = model.final_bn if deepest == num_stages else None
 
-        for module in self._frozen_modules():
+        # Frozen here, or already frozen in the classifier (``model.freeze``): both stay frozen.
+        kept = {id(module) for module in self.modules()}
+        inherited = [module for module in model.frozen_modules if id(module) in kept]
+        self.frozen_modules = (stem_and_stages(self, frozen_stages) if frozen_stages is not None else []) + inherited
+        for module in self.frozen_modules:
             module.requires_grad_(False)
         self.train(model.training)
 
@@ -87,7 +91,7 @@ class ResNetFeatures(nn.Module):
     def train(self, mode: bool = True) -> ResNetFeatures:
         super().train(mode)
         if mode:
-            for module in self._frozen_modules():
+            for module in self.frozen_modules:
                 module.eval()
             if self.norm_eval:
                 for module in self.modules():
@@ -95,13 +99,6 @@ class ResNetFeatures(nn.Module):
                         module.eval()
         return self
 
-    def _frozen_modules(self) -> list[nn.Module]:
-        if self.frozen_stages is None:
-            return []
-        frozen = [m for m in (self.conv1, self.bn1) if m is not None] + self.stages[:self.frozen_stages]
-        if self.final_bn is not None and self.frozen_stages == len(self.stages):
-            frozen.append(self.final_bn)  # it normalises the last stage's output: frozen with it
-        return frozen
 
 
 def check_backbone_options(arch: str, num_stages: int, out_indices: Sequence[int] | None,

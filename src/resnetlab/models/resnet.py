@@ -133,7 +133,7 @@ class ResNet(nn.Module):
         self.arch = arch  # the registry name it was built from, saved with its weights
         self.preprocessing = config.preprocessing
         self.class_names: list[str] | None = None
-        self._frozen_modules: list[nn.Module] = []  # see freeze()
+        self.frozen_modules: list[nn.Module] = []  # see freeze()
         preact = config.block_type.preact
 
         if config.stem == "imagenet":
@@ -252,19 +252,17 @@ class ResNet(nn.Module):
         """
         if stages is not None and not 0 <= stages <= len(self.stage_names):
             raise ConfigError(f"cannot freeze {stages} stages: {self.arch} has {len(self.stage_names)}")
-        frozen: list[nn.Module] = []
-        if stages is not None:
-            frozen = [m for m in (self.conv1, self.bn1) if m is not None] + self.stages[:stages]
+        frozen = stem_and_stages(self, stages) if stages is not None else []
         if batch_norm:
             frozen += [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
         for module in frozen:
             module.requires_grad_(False)
-        self._frozen_modules = frozen
+        self.frozen_modules = frozen
         self.train(self.training)
 
     def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
-        for module in self._frozen_modules:
+        for module in self.frozen_modules:
             module.eval()
         return self
 
@@ -272,3 +270,15 @@ class ResNet(nn.Module):
         """Replace the head with a freshly initialised one (0 removes it: the model returns embeddings)."""
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
+
+
+def stem_and_stages(model: nn.Module, stages: int) -> list[nn.Module]:
+    """What freezing the stem and the first ``stages`` stages covers, for a ResNet or its backbone.
+
+    With every stage frozen, a pre-activation net's ``final_bn`` goes too: it normalises the last
+    stage's output.
+    """
+    frozen = [m for m in (model.conv1, model.bn1) if m is not None] + model.stages[:stages]
+    if stages == len(model.stage_names) and getattr(model, "final_bn", None) is not None:
+        frozen.append(model.final_bn)
+    return frozen
