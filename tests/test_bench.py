@@ -287,3 +287,13 @@ def test_a_checkpoint_on_real_data_gets_each_backends_top1(cifar_classifier, cif
 def test_checkpoint_and_data_misuse_is_one_line_on_stderr(capsys, argv, message):
     code, _, err = run(capsys, "bench", *argv)
     assert code == 2 and message in err and err.strip().count("\n") == 0
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from resnetlab.bench.hardware import has_native_bf16
+
+    with_bf16, without = tmp_path / "zen4", tmp_path / "haswell"
+    with_bf16.write_text(_cpuinfo("AuthenticAMD", 25, "avx2 fma avx512f avx512_bf16", "2600.0", cores=2))
+    without.write_text(_cpuinfo("GenuineIntel", 6, "avx2 fma", "2200.0", cores=2))
+    assert has_native_bf16(with_bf16) and not has_native_bf16(without)
+    assert not has_native_bf16(tmp_path / "missing")

@@ -96,6 +96,16 @@ def torch_threads(count: int | None) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
+def has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether the CPU multiplies bf16 in hardware (AVX-512 BF16 or AMX): there bf16 autocast pays."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = set(re.search(r"^flags\s*:(.*)$", text, re.MULTILINE).group(1).split()) if "flags" in text else set()
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _fields(block: str) -> dict[str, str]:
     pairs = (line.split(":", 1) for line in block.splitlines() if ":" in line)
     return {key.strip(): value.strip() for key, value in pairs}

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from ..bench.hardware import has_native_bf16
 from ..config import ModelConfig, TrainConfig, config_to_dict
 from ..data.loaders import DataInfo, build_loaders
 from ..errors import ConfigError
@@ -74,6 +75,9 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
     total_steps = min(config.epochs * steps_per_epoch, config.max_steps or float("inf"))
     schedule = build_schedule(config, steps_per_epoch, total_steps)
     autocast_dtype = resolve_precision(config.precision, ctx.device)
+    if config.precision == "auto" and ctx.device.type == "cpu" and ctx.is_main and has_native_bf16():
+        logger.info("this CPU has native bf16 (AVX-512 BF16 or AMX): --precision bf16 trains about twice as "
+                    "fast as the fp32 that auto keeps on CPUs (BENCHMARKS.md)")
     scaler = torch.amp.GradScaler(ctx.device.type) if autocast_dtype == torch.float16 else None
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(optim.ema_decay), use_buffers=True) \
         if optim.ema_decay else None
