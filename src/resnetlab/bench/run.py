@@ -97,6 +97,7 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
     if data is not None and checkpoint is None:
         raise ConfigError("--data measures the top-1 of trained weights: give them with --checkpoint "
                           "(e.g. RUN_DIR/best.safetensors from resnetlab train)")
+    measured = None  # the checkpoint's model: a ResNet, or an .onnx graph measured as it is
     if checkpoint is not None:
         if models:
             raise ConfigError("give either model names or --checkpoint, not both: the checkpoint names its model")
@@ -134,7 +135,7 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
         for label in sorted(set(libraries) - set(found)):
             log.info("%s has no model named %s: no %s row for it", label, name, label)
 
-    as_is = isinstance(measured, DeployedModel) if checkpoint is not None else False
+    as_is = isinstance(measured, DeployedModel)
     settings_per_size = 1 if as_is else len(backends) * len(precisions)
     rows = []
     total = sum(len(input_sizes or [None]) * len(batch_sizes) * (settings_per_size + len(comparisons[name]))
@@ -146,7 +147,7 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
         with tqdm(total=total, desc="bench", unit="row", disable=None, leave=False) as progress:
             for name in models:
                 model = measured if as_is else \
-                    (measured if checkpoint is not None else create_model(name).eval()).to(target)
+                    (measured if measured is not None else create_model(name).eval()).to(target)
                 loader = _eval_loader(model, data) if data is not None else None
                 with torch.device("meta"):  # the checkpoint's own config: a pruned net has its own widths
                     shapes_only = ResNet(_config_of(model, checkpoint))
