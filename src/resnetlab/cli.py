@@ -192,7 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Our own progress at INFO; the libraries underneath (ONNX Runtime, OpenVINO, ...) only warn.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("resnetlab").setLevel(logging.INFO)
     console = Console(width=max(Console().width, 120))
     try:
         args.run(args, console)
