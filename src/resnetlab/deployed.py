@@ -68,21 +68,10 @@ def _safetensors(path: Path, device: torch.device) -> DeployedModel:
 def _onnx(path: Path, device: torch.device) -> DeployedModel:
     if device.type != "cpu":
         raise ConfigError(f"ONNX models run on the CPU here (ONNX Runtime's CPU provider), not {device}")
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ConfigError("running .onnx models needs ONNX Runtime: pip install onnxruntime onnx") from None
-    from .export import read_export_metadata
+    from .export import onnxruntime_runner, read_export_metadata
 
     metadata = read_export_metadata(path)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(images: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run(None, {"images": images.detach().float().cpu().contiguous().numpy()})
-        return torch.from_numpy(logits)
-
+    run = onnxruntime_runner(path)
     return DeployedModel(path=path, format="onnx", arch=metadata["arch"], precision=metadata.get("precision", "fp32"),
                          class_names=metadata["class_names"], num_classes=metadata["config"]["num_classes"],
                          preprocessing=Preprocessing(**metadata["preprocessing"]), device=device, run=run)

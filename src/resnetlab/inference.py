@@ -18,7 +18,7 @@ from torch.fx.experimental.optimization import fuse
 
 from .errors import ConfigError
 from .models.blocks import DeformableConv3x3
-from .export import onnx_bytes, quiet_tracing, refuse_deformable_onnx
+from .export import onnx_bytes, onnxruntime_runner, quiet_tracing, refuse_deformable_onnx
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -148,18 +148,7 @@ def _compiled(model: nn.Module, precision: str, example: torch.Tensor):
 
 
 def _onnxruntime(model: nn.Module, precision: str, example: torch.Tensor):
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    session = onnxruntime.InferenceSession(onnx_bytes(model, example), options,
-                                           providers=["CPUExecutionProvider"])
-
-    def run(images: torch.Tensor) -> torch.Tensor:
-        (logits,) = session.run(None, {"images": images.detach().float().contiguous().numpy()})
-        return torch.from_numpy(logits)
-
-    return run
+    return onnxruntime_runner(onnx_bytes(model, example))
 
 
 def _openvino(model: nn.Module, precision: str, example: torch.Tensor):
