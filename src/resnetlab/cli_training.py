@@ -209,14 +209,12 @@ def print_evaluation(report, console) -> None:
 
 def cmd_predict(args: argparse.Namespace, console) -> None:
     from .deployed import load_deployed
-    from .engine.distributed import resolve_device
     from .predict import image_paths, predict_files
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")
     paths = image_paths(args.inputs)  # before the model loads: a wrong path fails at once
-    device = resolve_device(args.device) if args.checkpoint.suffix != ".onnx" else "cpu"
-    model = load_deployed(args.checkpoint, device)
+    model = load_deployed(args.checkpoint, args.device)
     predictions, bad = predict_files(model, paths, args.top_k)
     for skipped in bad:
         print(f"skipped {skipped.reason}", file=sys.stderr)

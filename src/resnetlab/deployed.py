@@ -39,14 +39,16 @@ class DeployedModel:
 
 
 def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu") -> DeployedModel:
+    """``device`` "auto": a GPU when there is one for weights, the CPU for ONNX graphs (they run there)."""
+    from .engine.distributed import resolve_device
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
-    device = torch.device(device)
     if path.suffix == ".onnx":
-        return _onnx(path, device)
+        return _onnx(path, torch.device("cpu") if device == "auto" else torch.device(device))
     if path.suffix == ".safetensors":
-        return _safetensors(path, device)
+        return _safetensors(path, resolve_device(device) if isinstance(device, str) else device)
     raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train) nor an .onnx "
                           "(resnetlab export or quantize) model file")
 

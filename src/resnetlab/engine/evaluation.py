@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..data.loaders import DataInfo, build_eval_loader
 from ..deployed import DeployedModel, load_deployed
-from .distributed import Context, resolve_device
+from .distributed import Context
 from .loop import evaluate
 from .metrics import ClassificationResult
 from .reports import write_confusion_matrix
@@ -36,7 +36,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, split: str 
                         out_dir: str | os.PathLike | None = None, device: str = "auto") -> EvaluationReport:
     """Top-1/top-5/per-class accuracy of ``checkpoint`` (.safetensors or .onnx) on ``data``; writes the
     confusion matrix."""
-    model = load_deployed(checkpoint, resolve_device(device) if Path(checkpoint).suffix != ".onnx" else "cpu")
+    model = load_deployed(checkpoint, device)
     result, info = evaluate_model(model, data, split=split, batch_size=batch_size, max_per_class=max_per_class)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / f"eval-{info.val_split}"
