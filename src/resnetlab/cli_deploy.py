@@ -5,8 +5,6 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import torch
-
 
 def add_export_parser(commands) -> None:
     export = commands.add_parser("export", help="ONNX, TorchScript or safetensors, checked against eager at once")
@@ -69,12 +67,9 @@ def cmd_export(args: argparse.Namespace, console) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace, console) -> None:
-    from rich.table import Table
-
-    from .bench.measure import measure
+    from .compress.chain import measure_file
     from .compress.quantize import calibration_batches, quantize_model
-    from .deployed import load_deployed
-    from .engine.evaluation import evaluate_model
+    from .complexity import count_macs
     from .errors import ConfigError
     from .export import export_model
     from .models import load_model
@@ -86,22 +81,14 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
     out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.int8.onnx")
     quantize_model(model, calibration, out, args.calibration)
 
-    side = model.preprocessing.input_size
-    example = torch.randn(1, model.config.in_chans, side, side)
-    table = Table(title=f"{model.arch}: fp32 -> INT8 ({sum(len(b) for b in calibration)} calibration images, "
-                        f"{args.calibration})")
-    for column in ("model", "file MB", "ms (batch 1)", "top-1"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    macs = count_macs(model)  # INT8 changes the arithmetic's precision, not its amount
     with tempfile.TemporaryDirectory() as work:
         fp32_onnx = export_model(model, Path(work) / "fp32.onnx").path  # the same runtime, without INT8
-        for label, path in (("fp32 (PyTorch)", args.checkpoint), ("fp32 (ONNX Runtime)", fp32_onnx),
-                            ("INT8 (ONNX Runtime)", out)):
-            deployed = load_deployed(path)
-            latency = measure(deployed, example, warmup=3, repeats=20).latency_ms_median
-            top1 = f"{100 * evaluate_model(deployed, args.data)[0].top1:.2f}%" if args.data else "-"
-            table.add_row(label, f"{path.stat().st_size / 1e6:.2f}", f"{latency:.2f}", top1)
-    console.print(table)
-    print(f"wrote {out}")
+        records = [measure_file(label, path, args.data, macs)
+                   for label, path in (("fp32 (PyTorch)", args.checkpoint), ("fp32 (ONNX Runtime)", fp32_onnx),
+                                       ("INT8 (ONNX Runtime)", out))]
+    print_records(records, f"{model.arch}: fp32 -> INT8 ({sum(len(b) for b in calibration)} calibration images, "
+                           f"{args.calibration})", console)
 
 
 def cmd_prune(args: argparse.Namespace, console) -> None:
@@ -153,11 +140,11 @@ def print_records(records, title: str, console) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for column in ("step", "params", "GMACs", "MB", "ms (batch 1)", "top-1"):
-        table.add_column(column, justify="left" if column == "step" else "right")
+    for column in ("model", "params", "GMACs", "MB", "ms (batch 1)", "top-1"):
+        table.add_column(column, justify="left" if column == "model" else "right")
     for record in records:
         table.add_row(record.step, f"{record.params:,}" if record.params is not None else "-",
                       f"{record.macs / 1e9:.3f}", f"{record.megabytes:.2f}", f"{record.latency_ms:.2f}",
-                      f"{100 * record.top1:.2f}%")
+                      f"{100 * record.top1:.2f}%" if record.top1 is not None else "-")
     console.print(table)
     print(f"wrote {records[-1].path}")

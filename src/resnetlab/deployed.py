@@ -21,6 +21,8 @@ class DeployedModel:
     format: str  # "safetensors" or "onnx"
     arch: str
     precision: str  # "fp32", or "int8" for a quantized graph
+    params: int | None  # None for an ONNX graph: its parameters are not PyTorch's
+    in_chans: int
     class_names: list[str] | None
     num_classes: int
     preprocessing: Preprocessing
@@ -63,6 +65,7 @@ def _safetensors(path: Path, device: torch.device) -> DeployedModel:
             return model(images.to(device))
 
     return DeployedModel(path=path, format="safetensors", arch=model.arch, precision="fp32",
+                         params=sum(p.numel() for p in model.parameters()), in_chans=model.config.in_chans,
                          class_names=model.class_names, num_classes=model.config.num_classes,
                          preprocessing=model.preprocessing, device=device, run=run)
 
@@ -75,5 +78,6 @@ def _onnx(path: Path, device: torch.device) -> DeployedModel:
     metadata = read_export_metadata(path)
     run = onnxruntime_runner(path)
     return DeployedModel(path=path, format="onnx", arch=metadata["arch"], precision=metadata.get("precision", "fp32"),
+                         params=None, in_chans=metadata["config"]["in_chans"],
                          class_names=metadata["class_names"], num_classes=metadata["config"]["num_classes"],
                          preprocessing=Preprocessing(**metadata["preprocessing"]), device=device, run=run)

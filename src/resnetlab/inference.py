@@ -1,8 +1,8 @@
 """Inference-ready models: batch norm folded into the convolutions, then the fastest backend there is.
 
 ``optimize(model)`` returns a callable that takes normalised NCHW float images and gives fp32 logits,
-whatever runs underneath: PyTorch eager (channels_last), Inductor (``torch.compile`` with frozen
-weights), ONNX Runtime or OpenVINO.
+whatever runs underneath: PyTorch eager, Inductor (``torch.compile`` with frozen weights), ONNX
+Runtime or OpenVINO; channels_last on GPUs.
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from .export import onnx_bytes, onnxruntime_runner, quiet_tracing, refuse_deform
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
-# Measured on the 2-core CPU of BENCHMARKS.md (resnet50, batch 1, fp32): OpenVINO 1.52x torchvision
-# eager, ONNX Runtime 1.46x, Inductor with freezing 1.40x. "auto" takes the first one installed.
+# Measured by benchmarks/bench_cpu_inference.py (BENCHMARKS.md; resnet50, batch 1, fp32, 2 cores):
+# OpenVINO 1.48x torchvision eager, ONNX Runtime 1.47x, Inductor with freezing 1.40x. "auto" takes
+# the first one installed.
 CPU_PREFERENCE = ("openvino", "onnxruntime", "compile", "eager")
 INSTALL_HINT = {"onnxruntime": "pip install onnxruntime onnx", "openvino": "pip install openvino"}
 

@@ -15,7 +15,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..bench.measure import measure
-from ..complexity import count_macs, count_parameters
+from ..complexity import count_macs
 from ..config import DataConfig, DistillConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from ..deployed import load_deployed
 from ..engine.evaluation import evaluate_model
@@ -51,7 +51,7 @@ class StepRecord:
     macs: int
     megabytes: float
     latency_ms: float  # batch 1, CPU, median of 20
-    top1: float
+    top1: float | None  # None when no data was given to measure it on
 
 
 def check_steps(steps: list[str], settings: ChainSettings) -> list[str]:
@@ -77,14 +77,14 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
         raise ConfigError(f"{out} already holds a compression report; choose another --out")
     original = load_model(checkpoint).eval()
     macs = count_macs(original)  # changes only with the architecture: INT8 and export keep the arithmetic
-    records = [_record("original", checkpoint, data, macs)]
+    records = [measure_file("original", checkpoint, data, macs)]
     current = checkpoint
     for number, step in enumerate(steps, start=1):
         folder = out / f"{number}-{step}"
         if step == "prune":
             pruned = prune_model(load_model(current).eval(), settings.target_macs, settings.criterion)
             current, macs = save_weights(pruned, folder / "pruned.safetensors"), count_macs(pruned)
-            records.append(_record("prune (before training)", current, data, macs))
+            records.append(measure_file("prune (before training)", current, data, macs))
             if "distill" in steps or settings.epochs == 0:
                 continue  # the distillation step trains the pruned network, with the original as teacher
             current = _train(current, data, folder / "finetune", settings, teacher=None)
@@ -97,7 +97,7 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
             current = quantize_model(model, calibration, folder / "model.int8.onnx")
         else:  # export: the chain's deployable file, checked against what it came from
             current = _export(current, folder)
-        records.append(_record(step, current, data, macs))
+        records.append(measure_file(step, current, data, macs))
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps([asdict(record) for record in records], indent=2) + "\n")
     return records
@@ -127,7 +127,6 @@ def _train(start: Path | None, data: str, out: Path, settings: ChainSettings, te
 
 def _export(current: Path, folder: Path) -> Path:
     target = folder / "model.onnx"
-    folder.mkdir(parents=True, exist_ok=True)
     if current.suffix == ".onnx":  # already a graph (INT8): check it reads back whole, then place it
         read_export_metadata(current)
         with atomic_path(target) as tmp:
@@ -144,12 +143,12 @@ def _train_split(data: str) -> Path:
     return folder
 
 
-def _record(step: str, path: Path, data: str, macs: int) -> StepRecord:
+def measure_file(step: str, path: Path, data: str | None, macs: int) -> StepRecord:
+    """The record of one model file: size, batch-1 CPU latency and, given ``data``, top-1."""
     deployed = load_deployed(path)
     side = deployed.preprocessing.input_size
-    example = torch.randn(1, 3, side, side)
+    example = torch.randn(1, deployed.in_chans, side, side)
     latency = measure(deployed, example, warmup=3, repeats=20).latency_ms_median
-    params = count_parameters(load_model(path)) if path.suffix == ".safetensors" else None
-    return StepRecord(step=step, path=str(path), params=params, macs=macs,
+    return StepRecord(step=step, path=str(path), params=deployed.params, macs=macs,
                       megabytes=path.stat().st_size / 1e6, latency_ms=latency,
-                      top1=evaluate_model(deployed, data)[0].top1)
+                      top1=evaluate_model(deployed, data)[0].top1 if data is not None else None)
