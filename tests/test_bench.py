@@ -107,10 +107,9 @@ def test_measure_times_each_call():
 
 def test_fraction_of_peak_is_the_achieved_share_of_the_cpu_peak(resnet18_rows):
     peak = cpu_peak(1).gflops
-    if peak is None:
-        pytest.skip("no FP32 peak can be derived on this machine")
-    for row in resnet18_rows:
-        assert row.fraction_of_peak == pytest.approx(row.throughput * 2 * row.macs / (peak * 1e9))
+    for row in resnet18_rows:  # where no peak can be derived (no /proc/cpuinfo), rows say so with None
+        expected = None if peak is None else pytest.approx(row.throughput * 2 * row.macs / (peak * 1e9))
+        assert row.fraction_of_peak == expected
 
 
 def test_compare_adds_the_libraries_same_named_models():
@@ -251,12 +250,12 @@ def test_cpu_peak_says_why_it_is_unknown():
 
 def test_sgemm_reaches_a_plausible_share_of_the_derived_peak():
     peak = cpu_peak(1)
-    if peak.gflops is None:
-        pytest.skip(peak.description)
     with torch_threads(1):
         achieved = sgemm_gflops(size=1024, repeats=3)
-    # Boost clocks run above the nominal clock the peak uses, but not by half again.
-    assert 0 < achieved < 1.5 * peak.gflops
+    assert achieved > 0
+    if peak.gflops is not None:  # no /proc/cpuinfo (not Linux): nothing to compare with
+        # Boost clocks run above the nominal clock the peak uses, but not by half again.
+        assert achieved < 1.5 * peak.gflops
 
 
 @pytest.fixture(scope="module")
