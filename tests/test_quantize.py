@@ -8,7 +8,7 @@ import torch
 
 from resnetlab import load_model
 from resnetlab.cli import main
-from resnetlab.compress.quantize import calibration_batches, quantize_model
+from resnetlab.compress.quantize import calibration_batches
 from resnetlab.deployed import load_deployed
 from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.errors import DataError
