@@ -19,6 +19,7 @@ from .image_input import normalize, read_crop
 from .models import create_model, list_models, load_model
 from .cli_bench import add_bench_parser
 from .cli_deploy import add_export_parser
+from .cli_serve import add_serve_parser
 from .cli_training import add_demo_parser, add_evaluation_parsers, add_train_parser
 from .retrieval import (EmbeddingIndex, embed, embed_images, find_images, folder_labels, load_index,
                         save_index, search)
@@ -187,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_parser(commands)
     add_bench_parser(commands)
     add_export_parser(commands)
+    add_serve_parser(commands)
     return parser
 
 

@@ -19,3 +19,11 @@ class CheckpointError(ResnetlabError):
 
 class DataError(ResnetlabError):
     """A data folder, image file or dataset archive that cannot be used as given."""
+
+
+class NotAnImage(DataError):
+    """Bytes that no image decoder recognises: text, an archive, an unknown format."""
+
+
+class ImageTooLarge(DataError):
+    """An image with more pixels than allowed, checked before decoding (a decompression-bomb guard)."""

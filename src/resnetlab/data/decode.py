@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import DataError, ImageTooLarge, NotAnImage
 
 _JPEG_END = b"\xff\xd9"
 # Writers sometimes append padding or metadata after the end marker; look this far back for it.
@@ -30,13 +30,32 @@ _PIL_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFErro
 
 def decode_image_file(path: str | os.PathLike) -> torch.Tensor:
     """The image at ``path`` as a 3xHxW uint8 RGB tensor, EXIF orientation applied."""
-    data = _read(path)
+    return decode_image_bytes(_read(path), str(path))
+
+
+def decode_image_bytes(data: bytes, name: str, max_pixels: int | None = None) -> torch.Tensor:
+    """An encoded image (``name`` says which, in errors) as a 3xHxW uint8 RGB tensor.
+
+    ``max_pixels`` bounds width x height before anything is decoded: a small file that
+    unpacks to gigabytes (a decompression bomb) raises ``ImageTooLarge`` instead.
+    Bytes no decoder recognises raise ``NotAnImage``; a damaged image, ``DataError``.
+    """
+    if not data:
+        raise DataError(f"{name} is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size  # read from the header: nothing is decoded yet
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLarge(f"{name} is {width}x{height} = {width * height:,} pixels; "
+                                    f"at most {max_pixels:,} are accepted")
             image.load()  # PIL decodes lazily; a truncated file fails only here
             return _to_rgb_tensor(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as error:  # PIL's own bound, for callers that set none
+        raise ImageTooLarge(f"{name} is too large to decode: {_first_line(error)}") from error
+    except UnidentifiedImageError as error:
+        raise NotAnImage(f"{name} is not a readable image: {_first_line(error)}") from error
     except _PIL_ERRORS as error:
-        raise DataError(f"{path} is not a readable image: {_first_line(error)}") from error
+        raise DataError(f"{name} is not a readable image: {_first_line(error)}") from error
 
 
 def check_image_file(path: str | os.PathLike) -> tuple[int, int]:
@@ -68,12 +87,9 @@ def check_image_file(path: str | os.PathLike) -> tuple[int, int]:
 
 def _read(path: str | os.PathLike) -> bytes:
     try:
-        data = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as error:
         raise DataError(f"{path} cannot be read: {error.strerror or error}") from error
-    if not data:
-        raise DataError(f"{path} is empty (0 bytes)")
-    return data
 
 
 def _to_rgb_tensor(image: Image.Image) -> torch.Tensor:

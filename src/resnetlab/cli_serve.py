@@ -1,0 +1,73 @@
+"""``resnetlab serve``: a model file behind an HTTP endpoint."""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+
+def add_serve_parser(commands) -> None:
+    from .serve.settings import ServeSettings
+
+    defaults = ServeSettings(checkpoint="")
+    serve = commands.add_parser(
+        "serve", help="an HTTP service: /predict, /embed, /metrics and a web page, with dynamic batching",
+        description="Serve a trained (.safetensors) or exported/INT8 (.onnx) model over HTTP. Concurrent "
+                    "requests are grouped into batches of up to --max-batch images, waiting at most "
+                    "--max-wait-ms for a batch to fill. Open http://HOST:PORT/ for a page to try it, "
+                    "/docs for the API.")
+    serve.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors or .onnx model file")
+    serve.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
+    serve.add_argument("--port", type=int, default=defaults.port, help=f"default {defaults.port}")
+    serve.add_argument("--workers", type=int, default=defaults.workers,
+                       help="processes, each with its own model and its share of the cores (default 1)")
+    serve.add_argument("--threads", type=int, help="threads per worker (default: cores / workers)")
+    serve.add_argument("--backend", default=defaults.backend,
+                       help="for .safetensors: auto, eager, compile, onnxruntime or openvino (default auto: "
+                            "the fastest installed); .onnx files run on ONNX Runtime")
+    serve.add_argument("--max-batch", type=int, default=defaults.max_batch,
+                       help=f"images per forward pass; 1 turns batching off (default {defaults.max_batch})")
+    serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
+                       help=f"how long a batch waits to fill (default {defaults.max_wait_ms:g})")
+    serve.add_argument("--top-k", type=int, default=defaults.top_k,
+                       help=f"labels per image unless a request asks (default {defaults.top_k})")
+    serve.add_argument("--max-body-mb", type=float, default=defaults.max_body_mb,
+                       help=f"largest request body, MiB (default {defaults.max_body_mb:g})")
+    serve.add_argument("--max-images", type=int, default=defaults.max_images,
+                       help=f"images per request (default {defaults.max_images})")
+    serve.add_argument("--max-pixels", type=int, default=defaults.max_pixels,
+                       help=f"largest image, width x height, checked before decoding (default {defaults.max_pixels:,})")
+    serve.add_argument("--request-timeout", type=float, default=defaults.request_timeout_s,
+                       help=f"seconds a client may stall mid-upload before a 408 (default {defaults.request_timeout_s:g})")
+    serve.add_argument("--graceful-timeout", type=float, default=defaults.graceful_timeout_s,
+                       help="seconds in-flight requests get to finish on shutdown "
+                            f"(default {defaults.graceful_timeout_s:g})")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.set_defaults(run=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace, console) -> None:
+    import torch
+    import uvicorn
+
+    from .inference import resolve_backend
+    from .serve.model import ServedModel
+    from .serve.settings import ENVIRONMENT_VARIABLE, ServeSettings
+
+    settings = ServeSettings(
+        checkpoint=str(args.checkpoint), host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+        backend=args.backend, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, top_k=args.top_k,
+        max_body_mb=args.max_body_mb, max_images=args.max_images, max_pixels=args.max_pixels,
+        request_timeout_s=args.request_timeout, graceful_timeout_s=args.graceful_timeout)
+    server_options = {"host": settings.host, "port": settings.port, "log_level": "info",
+                      "access_log": args.access_log, "timeout_graceful_shutdown": settings.graceful_timeout_s}
+    if settings.workers == 1:
+        from .serve.app import create_app
+
+        uvicorn.run(create_app(settings), **server_options)
+        return
+    # Each worker builds its own service; a bad file or backend fails here first, in one line.
+    ServedModel(settings.checkpoint, "eager")
+    resolve_backend(settings.backend, torch.device("cpu"))
+    os.environ[ENVIRONMENT_VARIABLE] = settings.to_environment()
+    uvicorn.run("resnetlab.serve.app:app_from_environment", factory=True, workers=settings.workers, **server_options)
