@@ -61,7 +61,7 @@ _BINARY = {"schema": {"type": "string", "format": "binary"}}
 IMAGE_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {
         "type": "object", "required": [FIELD],
-        "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
+        "properties": {FIELD: {"type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"},
                                "description": "one or more image files (JPEG, PNG, WebP, BMP, ...)"}}}},
     "image/jpeg": _BINARY,
     "image/png": _BINARY,
