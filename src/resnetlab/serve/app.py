@@ -49,8 +49,9 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
 
     async def images_through_model(request: Request) -> tuple[list[str], list[ImageOutput], Latency]:
         started = time.perf_counter()
-        uploads = await read_uploads(request, settings.max_images)
-        crops = await decode_uploads(uploads, model, settings.max_pixels)
+        with batcher.incoming():
+            uploads = await read_uploads(request, settings.max_images)
+            crops = await decode_uploads(uploads, model, settings.max_pixels)
         decoded = time.perf_counter()
         outputs = await batcher.submit(crops)
         done = time.perf_counter()

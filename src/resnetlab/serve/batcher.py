@@ -1,20 +1,28 @@
 """Dynamic batching: images from concurrent requests share one forward pass.
 
-The first image to arrive opens a batch; it runs when ``max_batch`` images have joined or
-``max_wait_ms`` has passed, whichever comes first. Batches run one at a time on a thread of
-their own, so the event loop keeps accepting and reading requests meanwhile; what arrives
-while a batch runs forms the next one.
+A batch runs when ``max_batch`` images have joined it, or when its first image has waited
+``max_wait_ms``, or at once when no other request is on its way (being read or decoded):
+then waiting could only add latency. Batches run one at a time on a thread of their own, so
+the event loop keeps accepting and reading requests meanwhile; what arrives while a batch
+runs forms the next one.
 """
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Generic, TypeVar
+from contextlib import contextmanager
+from typing import Generic, NamedTuple, TypeVar
 
 import torch
 
 Output = TypeVar("Output")
+
+
+class _Entry(NamedTuple):
+    item: torch.Tensor
+    future: asyncio.Future
+    arrived: float  # event-loop time
 
 
 class DynamicBatcher(Generic[Output]):
@@ -24,7 +32,8 @@ class DynamicBatcher(Generic[Output]):
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch  # told each batch's size, for the metrics
-        self._queue: asyncio.Queue[tuple[torch.Tensor, asyncio.Future]] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
+        self._incoming = 0  # requests being read or decoded, whose images will come
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnetlab-batch")
         self._task: asyncio.Task | None = None
 
@@ -43,32 +52,43 @@ class DynamicBatcher(Generic[Output]):
             await asyncio.gather(self._task, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
+    @contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Around reading and decoding a request: a batch waits for it only while it is on its way."""
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+
     async def submit(self, items: list[torch.Tensor]) -> list[Output]:
         """Outputs for each item (equal shapes), possibly computed in several batches with other requests'."""
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         for item, future in zip(items, futures):
-            self._queue.put_nowait((item, future))
+            self._queue.put_nowait(_Entry(item, future, loop.time()))
         return list(await asyncio.gather(*futures))
 
     async def _serve_batches(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             batch = [await self._queue.get()]
-            deadline = loop.time() + self.max_wait_s
+            deadline = batch[0].arrived + self.max_wait_s
             while len(batch) < self.max_batch:
                 if not self._queue.empty():
                     batch.append(self._queue.get_nowait())
                     continue
+                if self._incoming == 0:
+                    break
                 try:
                     batch.append(await asyncio.wait_for(self._queue.get(), deadline - loop.time()))
                 except TimeoutError:
                     break
             await self._run_batch(batch)
 
-    async def _run_batch(self, batch: list[tuple[torch.Tensor, asyncio.Future]]) -> None:
+    async def _run_batch(self, batch: list[_Entry]) -> None:
         # A request whose client went away has its futures cancelled: its images are not run.
-        live = [(item, future) for item, future in batch if not future.done()]
+        live = [(entry.item, entry.future) for entry in batch if not entry.future.done()]
         try:
             if live:
                 self.on_batch(len(live))
