@@ -21,6 +21,16 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_worker_on_its_threads():
+    """A test that changes torch's thread count (a service starting in-process, say) would slow
+    every later test on its worker by contending for the other worker's core: restore it."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def _shared_archive(name: str) -> Path:
     archive = SHARED_DATA / name
     if not archive.is_file():

@@ -178,6 +178,7 @@ def test_metadata_and_schema_describe_the_model(service, cifar_classifier):
     assert metadata["arch"] == model.arch and metadata["class_names"] == model.class_names
     assert metadata["preprocessing"]["input_size"] == model.preprocessing.input_size
     assert metadata["limits"]["max_images"] == 8 and metadata["embedding_dim"] == model.num_features
+    assert metadata["endpoints"] == ["/embed", "/health", "/metadata", "/metrics", "/predict"]
     schema = httpx.get(f"{service.url}/openapi.json").json()
     assert {"/predict", "/embed", "/health", "/metadata", "/metrics"} <= set(schema["paths"])
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
@@ -304,6 +305,10 @@ def test_workers_each_load_the_model_and_answer(cifar_classifier, images, servic
 def test_bad_arguments_fail_in_one_line_before_serving(cifar_classifier, arguments, words, capsys):
     if "--checkpoint" not in arguments:
         arguments = ["--checkpoint", str(cifar_classifier), *arguments]
-    assert main(["serve", "--port", "0", *arguments]) == 2
+    threads = torch.get_num_threads()
+    try:
+        assert main(["serve", "--port", "0", "--threads", str(threads), *arguments]) == 2
+    finally:
+        torch.set_num_threads(threads)  # the service sets its threads as it starts: keep this worker's
     error = capsys.readouterr().err.strip()
     assert error.startswith("resnetlab: error:") and words in error and "\n" not in error

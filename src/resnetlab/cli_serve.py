@@ -61,13 +61,13 @@ def cmd_serve(args: argparse.Namespace, console) -> None:
         request_timeout_s=args.request_timeout, graceful_timeout_s=args.graceful_timeout)
     server_options = {"host": settings.host, "port": settings.port, "log_level": "info",
                       "access_log": args.access_log, "timeout_graceful_shutdown": settings.graceful_timeout_s}
+    resolve_backend(settings.backend, torch.device("cpu"))  # a wrong backend fails before anything loads
     if settings.workers == 1:
         from .serve.app import create_app
 
         uvicorn.run(create_app(settings), **server_options)
         return
-    # Each worker builds its own service; a bad file or backend fails here first, in one line.
+    # Each worker builds its own service; a bad model file fails here first, in one line.
     ServedModel(settings.checkpoint, "eager")
-    resolve_backend(settings.backend, torch.device("cpu"))
     os.environ[ENVIRONMENT_VARIABLE] = settings.to_environment()
     uvicorn.run("resnetlab.serve.app:app_from_environment", factory=True, workers=settings.workers, **server_options)

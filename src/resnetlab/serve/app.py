@@ -86,7 +86,8 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
 
     @app.get("/metadata", summary="The model, its classes and preprocessing, and the service's limits")
     async def metadata() -> dict:
-        return {**model.metadata(), "version": __version__, "endpoints": sorted(endpoints),
+        return {**model.metadata(), "version": __version__, "endpoints": sorted(
+                    route.path for route in app.routes if getattr(route, "include_in_schema", False)),
                 "limits": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
                            "max_images": settings.max_images, "max_body_bytes": settings.max_body_bytes,
                            "max_pixels": settings.max_pixels, "top_k": settings.top_k}}
