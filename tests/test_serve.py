@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import io
 import json
 import signal
@@ -196,22 +197,9 @@ def _send_partial_upload(service, body: bytes, sent: int) -> socket.socket:
 
 def _read_response(connection: socket.socket, timeout_s: float) -> tuple[int, dict]:
     connection.settimeout(timeout_s)
-    data = b""
-    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < _content_length(data):
-        chunk = connection.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, body = data.split(b"\r\n\r\n", 1)
-    return int(head.split()[1]), json.loads(body)
-
-
-def _content_length(data: bytes) -> int:
-    for line in data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    return 0
+    response = http.client.HTTPResponse(connection)
+    response.begin()
+    return response.status, json.loads(response.read())
 
 
 def test_a_stalled_upload_blocks_no_one_and_gets_408(service, images):

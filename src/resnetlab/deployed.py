@@ -45,14 +45,19 @@ def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu") -
     from .engine.distributed import resolve_device
 
     path = Path(path)
+    if model_file_format(path) == "onnx":
+        return _onnx(path, torch.device("cpu") if device == "auto" else torch.device(device))
+    return _safetensors(path, resolve_device(device) if isinstance(device, str) else device)
+
+
+def model_file_format(path: Path) -> str:
+    """"safetensors" or "onnx" for an existing model file; a ``CheckpointError`` for anything else."""
+    if path.suffix not in (".safetensors", ".onnx"):
+        raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train) nor an .onnx "
+                              "(resnetlab export or quantize) model file")
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
-    if path.suffix == ".onnx":
-        return _onnx(path, torch.device("cpu") if device == "auto" else torch.device(device))
-    if path.suffix == ".safetensors":
-        return _safetensors(path, resolve_device(device) if isinstance(device, str) else device)
-    raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train) nor an .onnx "
-                          "(resnetlab export or quantize) model file")
+    return path.suffix[1:]
 
 
 def _safetensors(path: Path, device: torch.device) -> DeployedModel:

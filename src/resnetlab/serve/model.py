@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.transforms import eval_transform
+from ..deployed import model_file_format
 from ..errors import CheckpointError
 from ..image_input import normalize
 from ..preprocessing import Preprocessing
@@ -37,13 +38,10 @@ class ServedModel:
 
     def __init__(self, checkpoint: str | Path, backend: str = "auto"):
         path = Path(checkpoint)
-        if path.suffix == ".onnx":
+        if model_file_format(path) == "onnx":
             self._load_graph(path)
-        elif path.suffix == ".safetensors":
-            self._load_weights(path, backend)
         else:
-            raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train) nor an .onnx "
-                                  "(resnetlab export or quantize) model file")
+            self._load_weights(path, backend)
         if self.in_chans != 3:
             raise CheckpointError(f"{path.name} takes {self.in_chans}-channel input; the service decodes "
                                   "uploads to RGB, so it serves 3-channel models only")
@@ -55,8 +53,6 @@ class ServedModel:
         from ..inference import optimize
         from ..models import load_model
 
-        if not path.is_file():
-            raise CheckpointError(f"model file {path} does not exist")
         model = load_model(path).eval()
         self.format, self.arch, self.precision = "safetensors", model.arch, "fp32"
         self.class_names, self.num_classes = model.class_names, model.config.num_classes
