@@ -1,7 +1,8 @@
 """Pruned vs unpruned on CPU, in one process: parameters, MACs and measured batch-1 latency.
 
 Pruning is only worth it if latency falls with the MACs: each model runs eager and through
-ONNX Runtime, before and after ``prune_model`` (random weights: speed does not depend on them).
+ONNX Runtime, before and after ``prune_model`` (random weights: speed does not depend on them),
+pruned both ways: inner and residual-stream channels (the default), and inner channels only.
 
     .venv/bin/python benchmarks/bench_prune.py [cifar_resnet56 resnet50 ...] [--target-macs 0.5] [--threads 2]
 """
@@ -15,6 +16,9 @@ from resnetlab import count_macs, count_parameters, create_model
 from resnetlab.bench.measure import measure
 from resnetlab.compress.prune import prune_model
 from resnetlab.inference import optimize
+
+
+BACKENDS = ("eager", "onnxruntime")
 
 
 def median_ms(run, example, rounds: int) -> float:
@@ -31,22 +35,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"{args.threads} threads, batch 1, median of {args.rounds} runs, target {args.target_macs:g} of the MACs")
-    print(f"{'model':16s} {'params':>12s} {'GMACs':>13s} {'eager ms':>15s} {'x':>5s} {'ort ms':>13s} {'x':>5s}")
+    print(f"{'model':16s} {'pruned':8s} {'params':>12s} {'GMACs':>13s} {'eager ms':>15s} {'x':>5s} "
+          f"{'ort ms':>13s} {'x':>5s}")
     for name in args.models:
         model = create_model(name).eval()
-        pruned = prune_model(model, args.target_macs).eval()
         side = model.preprocessing.input_size
         example = torch.randn(1, 3, side, side)
-        times = {}
-        for label, net in (("full", model), ("pruned", pruned)):
-            times[label, "eager"] = median_ms(optimize(net, "eager"), example, args.rounds)
-            times[label, "ort"] = median_ms(optimize(net, "onnxruntime"), example, args.rounds)
-        print(f"{name:16s} {count_parameters(model) / 1e6:5.2f}->{count_parameters(pruned) / 1e6:5.2f}M "
-              f"{count_macs(model) / 1e9:6.3f}->{count_macs(pruned) / 1e9:5.3f} "
-              f"{times['full', 'eager']:7.2f}->{times['pruned', 'eager']:6.2f} "
-              f"{times['full', 'eager'] / times['pruned', 'eager']:5.2f} "
-              f"{times['full', 'ort']:6.2f}->{times['pruned', 'ort']:5.2f} "
-              f"{times['full', 'ort'] / times['pruned', 'ort']:5.2f}")
+        full = {backend: median_ms(optimize(model, backend), example, args.rounds) for backend in BACKENDS}
+        for scope, keep_stream in (("all", False), ("inner", True)):
+            pruned = prune_model(model, args.target_macs, keep_stream=keep_stream).eval()
+            fast = {backend: median_ms(optimize(pruned, backend), example, args.rounds) for backend in BACKENDS}
+            print(f"{name:16s} {scope:8s} {count_parameters(model) / 1e6:5.2f}->{count_parameters(pruned) / 1e6:5.2f}M "
+                  f"{count_macs(model) / 1e9:6.3f}->{count_macs(pruned) / 1e9:5.3f} "
+                  f"{full['eager']:7.2f}->{fast['eager']:6.2f} {full['eager'] / fast['eager']:5.2f} "
+                  f"{full['onnxruntime']:6.2f}->{fast['onnxruntime']:5.2f} "
+                  f"{full['onnxruntime'] / fast['onnxruntime']:5.2f}")
 
 
 if __name__ == "__main__":

@@ -7,39 +7,54 @@ from torch import nn
 
 from resnetlab import count_macs, count_parameters, create_model, load_model, load_weights, save_weights
 from resnetlab.cli import main
-from resnetlab.compress.prune import INNER_CHANNELS, prune_model
+from resnetlab.compress.prune import INNER_CHANNELS, prune_model, stream_tensors
 from resnetlab.errors import ConfigError
 from subsets import cifar_subset
 
-BLOCK_TYPES = ["cifar_resnet20", "resnet50", "preact_resnet18", "cifar_preact_resnet164", "se_resnet50"]
+# Every block type, each shortcut kind (identity, zero-padding, projection with and without BN),
+# and squeeze-excite, whose stream stays whole.
+PRUNINGS = [("cifar_resnet20", False), ("resnet50", False), ("preact_resnet18", False),
+            ("cifar_preact_resnet164", False), ("cifar_resnet20", True), ("se_resnet50", True)]
 
 
 def kill_three_quarters(model: nn.Module) -> nn.Module:
-    """Make 3 of every 4 inner channels of each block output exactly zero, keeping the rest intact."""
+    """Make 3 of every 4 channels of the residual stream, and of each block's inside, exactly zero."""
     torch.manual_seed(0)
-    for stage in model.stages:
-        for block in stage:
-            for maker, norm, _ in INNER_CHANNELS[model.config.block]:
-                conv, bn = getattr(block, maker), getattr(block, norm)
-                dead = torch.arange(conv.out_channels) % 4 != 0
-                with torch.no_grad():
+    with torch.no_grad():
+        for bn in (module for module in model.modules() if isinstance(module, nn.BatchNorm2d)):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.1, 0.1)
+            bn.running_mean.uniform_(-0.1, 0.1)
+            bn.running_var.uniform_(0.8, 1.2)
+        state = model.state_dict()
+        for stage in model.stages:
+            for block in stage:
+                for maker, norm, _ in INNER_CHANNELS[model.config.block]:
+                    conv, bn = getattr(block, maker), getattr(block, norm)
+                    dead = torch.arange(conv.out_channels) % 4 != 0
                     conv.weight[dead] = 0
-                    bn.weight.uniform_(0.5, 1.5)
-                    bn.bias.uniform_(-0.1, 0.1)
-                    bn.running_mean.uniform_(-0.1, 0.1)
-                    bn.running_var.uniform_(0.8, 1.2)
                     bn.weight[dead], bn.bias[dead], bn.running_mean[dead] = 0, 0, 0
+        for segment in stream_tensors(model):  # what writes or normalises a stream channel: zero it
+            for tensor in segment:
+                if tensor.role != "reader" and not tensor.name.endswith("running_var"):
+                    dead = torch.arange(state[tensor.name].shape[tensor.dim]) % 4 != 0
+                    state[tensor.name].index_fill_(tensor.dim, dead.nonzero().flatten(), 0)
     return model.eval()
 
 
-@pytest.mark.parametrize("criterion", ["l1", "bn-gamma"])
-@pytest.mark.parametrize("name", BLOCK_TYPES)
-def test_pruning_dead_channels_leaves_the_outputs_unchanged(name, criterion):
-    # Half the inner channels are kept, and only a quarter are alive: both criteria must rank the
-    # dead ones last, and the slicing of every conv, BN and reader must keep the live ones aligned.
+@pytest.mark.parametrize("name, keep_stream, criterion", [
+    *((name, keep_stream, criterion) for name, keep_stream in PRUNINGS for criterion in ("l1", "bn-gamma")),
+    ("cifar_resnet20", False, "taylor"), ("preact_resnet18", False, "taylor")])
+def test_pruning_dead_channels_leaves_the_outputs_unchanged(name, keep_stream, criterion):
+    # About 70% of the channels are kept, and only a quarter are alive: every criterion must rank
+    # the dead ones last, and the slicing of every conv, BN and reader must keep the live ones
+    # aligned, through every shortcut and addition of the residual stream.
     model = kill_three_quarters(create_model(name, num_classes=10, zero_init_residual=False))
-    pruned = prune_model(model, target_macs=0.5, criterion=criterion).eval()
     size = 32 if name.startswith("cifar") else 64
+    batches = [(torch.randn(8, 3, size, size), torch.randint(0, 10, (8,)))]
+    pruned = prune_model(model, target_macs=0.5, criterion=criterion, keep_stream=keep_stream,
+                         batches=batches).eval()
+    assert (pruned.config.stream_channels is None) == keep_stream
     images = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected, got = model(images), pruned(images)
@@ -48,26 +63,66 @@ def test_pruning_dead_channels_leaves_the_outputs_unchanged(name, criterion):
     assert count_parameters(pruned) < 0.6 * count_parameters(model)
 
 
-def test_the_pruned_model_is_a_plain_config_that_loads_back(tmp_path):
+@pytest.mark.parametrize("keep_stream", [False, True])
+def test_the_pruned_model_is_a_plain_config_that_loads_back(tmp_path, keep_stream):
     model = create_model("cifar_resnet56", num_classes=10).eval()
-    pruned = prune_model(model, 0.5).eval()
+    pruned = prune_model(model, 0.5, keep_stream=keep_stream).eval()
     path = save_weights(pruned, tmp_path / "pruned.safetensors")
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         expected = pruned(images)
         assert torch.equal(load_model(path).eval()(images), expected)
-        widths = pruned.config.mid_channels
-        rebuilt = create_model("cifar_resnet56", num_classes=10, mid_channels=widths).eval()
+        mids, streams = pruned.config.mid_channels, pruned.config.stream_channels
+        rebuilt = create_model("cifar_resnet56", num_classes=10, mid_channels=mids, stream_channels=streams).eval()
         load_weights(rebuilt, path)
         assert torch.equal(rebuilt(images), expected)
-    assert all(len(stage) == 9 for stage in widths) and widths[0][0] == 8  # 16 -> 8 inner channels
+    assert all(len(stage) == 9 for stage in mids)
+    if keep_stream:
+        assert mids[0][0] == 8 and streams is None  # 16 -> 8 inner channels
+    else:  # about 70% of each kind; the stem and stage 1 are one stream, zero-padded into stages 2 and 3
+        assert mids[0][0] == 11 and streams[0] == streams[1] == 11 and streams[1] < streams[2] < streams[3] < 64
+
+
+def test_taylor_scores_are_the_first_order_loss_change_of_each_channel():
+    # Shrinking output channel c of a conv by a factor (1 - eps) changes the loss by
+    # -eps * (sum over its filter of weight x gradient) to first order; the criterion is that sum
+    # squared (eps = 1 removes the channel). Check it against the true change, in float64.
+    from resnetlab.compress.prune import _taylor_saliency
+
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20", num_classes=10).double().eval()
+    images, labels = torch.randn(8, 3, 32, 32, dtype=torch.float64), torch.randint(0, 10, (8,))
+    saliency = _taylor_saliency(model, [(images, labels)])["layer3.2.conv2.weight"][:16]
+    conv, eps = model.layer3[2].conv2, 1e-4
+    with torch.no_grad():
+        loss = nn.functional.cross_entropy(model(images), labels)
+        changes = []
+        for channel in range(16):
+            conv.weight[channel] *= 1 - eps
+            changes.append((nn.functional.cross_entropy(model(images), labels) - loss).item() / eps)
+            conv.weight[channel] /= 1 - eps
+    assert torch.allclose(torch.tensor(changes, dtype=torch.float64).square(), saliency.double(), rtol=1e-2, atol=1e-9)
+    assert saliency.max() > 100 * saliency.min()  # the channels differ: the ranking means something
+    with pytest.raises(ConfigError, match="the taylor criterion ranks channels by their effect on the loss"):
+        prune_model(model, 0.5, criterion="taylor")
+
+
+@pytest.mark.parametrize("streams, message", [
+    ((16, 16, 32), "stream_channels needs 4 positive widths"),
+    ((16, 12, 32, 64), "stage 1 starts with an identity shortcut, so its stream width must equal the one before"),
+    ((16, 16, 12, 64), "stage 2 zero-pads its shortcut, so its stream width cannot shrink"),
+])
+def test_stream_widths_that_break_an_addition_are_refused(streams, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model("cifar_resnet20", stream_channels=streams)
 
 
 @pytest.mark.parametrize("name, options, target, message", [
     ("cifar_resnet20", {}, 1.5, "target MACs is a fraction of the model's, between 0 and 1"),
-    ("cifar_resnet20", {}, 0.01, "ask for --target-macs above"),
+    ("cifar_resnet20", {}, 0.001, "ask for --target-macs above"),
     ("resnext50_32x4d", {}, 0.5, "pruning grouped convolutions (ResNeXt, groups=32) is not supported"),
     ("resnet18", {"deformable": True}, 0.5, "pruning deformable models is not supported"),
+    ("se_resnet50", {}, 0.5, "pruning the residual stream of squeeze-excite models is not supported"),
 ])
 def test_impossible_pruning_requests_are_refused(name, options, target, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -78,7 +133,7 @@ def test_prune_command_fine_tunes_on_real_data(cifar_classifier, cifar10_root, t
     data = cifar_subset(cifar10_root, tmp_path / "data", train_per_class=100, test_per_class=50)
     out = tmp_path / "pruned"
     assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--target-macs", "0.5",
-                 "--finetune-epochs", "2", "--batch-size", "32", "--out", str(out)]) == 0
+                 "--criterion", "taylor", "--finetune-epochs", "2", "--batch-size", "32", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "pruned to 0.5 of its MACs" in printed and "prune (before training)" in printed
     original, tuned = load_model(cifar_classifier), load_model(out / "1-prune" / "finetune" / "best.safetensors")

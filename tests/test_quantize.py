@@ -1,6 +1,8 @@
-"""resnetlab quantize: INT8 from real calibration images; eval and predict take the INT8 file."""
+"""resnetlab quantize: INT8 for each backend, post-training from real calibration images or after
+quantization-aware training; eval, predict and bench take the INT8 file."""
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import pytest
@@ -8,10 +10,15 @@ import torch
 
 from resnetlab import load_model
 from resnetlab.cli import main
-from resnetlab.compress.quantize import calibration_batches
+from resnetlab.compress.qat import finetune, fp32_distillation, prepare_qat, save_qat_model
+from resnetlab.compress.quantize import BACKENDS, calibration_batches, int8_metadata
+from resnetlab.config import DataConfig, OptimConfig
+from resnetlab.data.loaders import build_loaders
 from resnetlab.deployed import load_deployed
 from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.errors import DataError
+from resnetlab.export import export_model
+from resnetlab.inference import fold_batch_norm
 from subsets import cifar_subset
 
 pytestmark = pytest.mark.xdist_group("quantize")
@@ -23,19 +30,35 @@ def cifar_eval(cifar10_root, tmp_path_factory):
     return cifar_subset(cifar10_root, tmp_path_factory.mktemp("cifar_q"), train_per_class=20, test_per_class=100)
 
 
-@pytest.fixture(scope="module")
-def int8_model(cifar_classifier, cifar_eval, tmp_path_factory):
-    out = tmp_path_factory.mktemp("int8") / "classifier.int8.onnx"
+@pytest.fixture(scope="module", params=list(BACKENDS))
+def int8_model(request, cifar_classifier, cifar_eval, tmp_path_factory):
+    """The classifier quantized after training by ``resnetlab quantize``, once per backend: BACKEND.onnx or .pt."""
+    out = tmp_path_factory.mktemp("int8") / f"{request.param}{BACKENDS[request.param]}"
     code = main(["quantize", "--checkpoint", str(cifar_classifier), "--calib", str(cifar_eval / "train"),
-                 "--calib-images", "200", "--out", str(out)])
+                 "--calib-images", "200", "--backend", request.param, "--out", str(out)])
     assert code == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def real_images(cifar_classifier, cifar_eval):
+    """300 real test images, 30 of each class, as the classifier's input."""
+    model = load_model(cifar_classifier)
+    return torch.cat([torch.cat(calibration_batches(model, folder, 30))
+                      for folder in sorted((cifar_eval / "test").iterdir())])
+
+
+def agreement(model, reference, images: torch.Tensor) -> float:
+    """The share of ``images`` on which the two models predict the same class."""
+    with torch.no_grad():
+        return (model(images).argmax(1) == reference(images).argmax(1)).float().mean().item()
 
 
 def test_int8_keeps_the_fp32_predictions_on_real_images(cifar_classifier, cifar_eval, int8_model):
     fp32 = load_deployed(cifar_classifier)
     int8 = load_deployed(int8_model)
     assert (int8.precision, int8.class_names, int8.preprocessing) == ("int8", fp32.class_names, fp32.preprocessing)
+    assert int8.backend == int8_model.stem
     fp32_result, _ = evaluate_model(fp32, str(cifar_eval))
     int8_result, _ = evaluate_model(int8, str(cifar_eval))
     assert fp32_result.count == int8_result.count == 1000
@@ -58,14 +81,105 @@ def test_eval_and_predict_take_the_int8_file(int8_model, cifar_eval, tmp_path, c
     assert [len(p["top"]) for p in predictions] == [2, 2]
 
 
-def test_predictions_agree_image_by_image(cifar_classifier, cifar_eval, int8_model):
+def test_predictions_agree_image_by_image(cifar_classifier, real_images, int8_model):
+    assert agreement(load_deployed(int8_model), load_model(cifar_classifier).eval(), real_images) >= 0.9
+
+
+@pytest.fixture(scope="module")
+def qat_prepared(cifar_classifier, cifar_eval):
+    """The classifier fake-quantized for ONNX and fine-tuned for 3 epochs on 200 real training images."""
+    torch.manual_seed(0)
     model = load_model(cifar_classifier).eval()
-    batches = calibration_batches(model, cifar_eval / "test", 300)
-    images = torch.cat(batches)
+    loader, _, _ = build_loaders(DataConfig(data=str(cifar_eval), batch_size=50), model.preprocessing)
+    prepared = prepare_qat(model, "onnxruntime", torch.randn(1, 3, 32, 32))
+    losses = finetune(prepared, loader, 3, OptimConfig(lr=1e-3), fp32_distillation(model))
+    return model, prepared, losses
+
+
+def test_qat_fine_tune_trains_every_weight_and_bias(qat_prepared):
+    model, prepared, losses = qat_prepared
+    before = dict(fold_batch_norm(model).named_parameters())
+    changed = [name for name, weight in prepared.named_parameters() if not torch.equal(weight, before[name])]
+    assert sorted(changed) == sorted(before)  # the folded BN shifts too, not only the weights
+    assert len(losses) == 3 and all(0 <= loss < 0.1 for loss in losses)  # near fp32 throughout, never diverging
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_qat_onnx_file_keeps_the_learned_scales(qat_prepared, real_images, cifar_classifier, backend, tmp_path):
+    model, prepared, _ = qat_prepared
+    out = save_qat_model(prepared, torch.randn(1, 3, 32, 32), tmp_path / "qat.onnx", backend,
+                         int8_metadata(model, backend))
+    int8 = load_deployed(out)
+    assert (int8.backend, int8.precision) == (backend, "int8")
+    assert agreement(int8, prepared, real_images) >= 0.95  # the file computes what was trained
+    assert agreement(int8, model, real_images) >= 0.9
+    weights_bytes = 4 * sum(p.numel() for p in model.parameters())
+    assert out.stat().st_size < 0.45 * weights_bytes  # weights stored as INT8
+
+
+def test_onnx_runtime_runs_the_qat_file_with_int8_kernels(qat_prepared, tmp_path):
+    import onnx
+    import onnxruntime
+
+    model, prepared, _ = qat_prepared
+    out = save_qat_model(prepared, torch.randn(1, 3, 32, 32), tmp_path / "qat.onnx", "onnxruntime",
+                         int8_metadata(model, "onnxruntime"))
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "as_run.onnx")
+    onnxruntime.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "as_run.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 19 and "Conv" not in ops  # cifar_resnet20's 19 convolutions, all INT8
+
+
+def test_qat_on_the_command_line_for_x86(cifar_classifier, cifar_eval, real_images, tmp_path, capsys):
+    out = tmp_path / "classifier.qat.pt"
+    assert main(["quantize", "--checkpoint", str(cifar_classifier), "--method", "qat", "--backend", "x86",
+                 "--data", str(cifar_eval), "--epochs", "1", "--batch-size", "50", "--out", str(out)]) == 0
+    assert "INT8 (PyTorch x86)" in capsys.readouterr().out
+    int8 = load_deployed(out)
+    assert (int8.format, int8.backend, int8.precision) == ("torchscript", "x86", "int8")
+    assert agreement(int8, load_model(cifar_classifier).eval(), real_images) >= 0.9
+
+
+def test_a_torchscript_export_runs_like_the_eager_model(cifar_classifier, real_images, tmp_path):
+    model = load_model(cifar_classifier).eval()
+    scripted = load_deployed(export_model(model, tmp_path / "model.pt", "torchscript").path)
+    assert (scripted.format, scripted.backend, scripted.precision) == ("torchscript", "torchscript", "fp32")
     with torch.no_grad():
-        expected = model(images).argmax(1)
-    got = load_deployed(int8_model)(images).argmax(1)
-    assert (got == expected).float().mean().item() >= 0.9
+        torch.testing.assert_close(scripted(real_images[:8]), model(real_images[:8]), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--method", "qat"], "--method qat fine-tunes on real images: give --data DIR"),
+    ([], "--method ptq calibrates on real images: give --calib DIR"),
+    (["--calib", "CALIB", "--backend", "x86", "--out", "model.onnx"],
+     "--backend x86 writes a TorchScript file: give --out a path ending in .pt, not model.onnx"),
+    (["--calib", "CALIB", "--backend", "openvino", "--out", "model.pt"],
+     "--backend openvino writes an ONNX file: give --out a path ending in .onnx"),
+    (["--calib", "CALIB", "--backend", "openvino", "--calibration", "entropy"],
+     "--calibration chooses ONNX Runtime's range method"),
+    (["--calib", "CALIB", "--epochs", "2"], "--epochs set the fine-tune of --method qat"),
+    (["--method", "qat", "--data", "DATA", "--calib", "CALIB"], "--calib and --calibration are for --method ptq"),
+])
+def test_wrong_quantize_options_are_one_line_errors(cifar_classifier, cifar_eval, tmp_path, capsys, options,
+                                                    message):
+    options = [{"CALIB": str(cifar_eval / "train"), "DATA": str(cifar_eval)}.get(option, option)
+               for option in options]
+    options = [str(tmp_path / option) if option.startswith("model.") else option for option in options]
+    assert main(["quantize", "--checkpoint", str(cifar_classifier), *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0
+
+
+def test_a_backend_that_is_not_installed_is_named_with_its_install_command(cifar_classifier, cifar_eval,
+                                                                           monkeypatch, capsys):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name == "nncf" else
+                        find_spec(name, *rest))
+    assert main(["quantize", "--checkpoint", str(cifar_classifier), "--calib", str(cifar_eval / "train"),
+                 "--backend", "openvino"]) == 2
+    assert "--backend openvino needs nncf: pip install nncf" in capsys.readouterr().err
 
 
 def test_an_empty_calibration_folder_is_a_clear_error(cifar_classifier, tmp_path):
@@ -76,13 +190,24 @@ def test_an_empty_calibration_folder_is_a_clear_error(cifar_classifier, tmp_path
         calibration_batches(model, tmp_path / "missing", 10)
 
 
-@pytest.mark.parametrize("content, suffix, message", [
-    (b"not a model", ".onnx", "is not a readable onnx model"),
-    (b"not a model", ".pth", "is neither a .safetensors"),
+def _torch_save(path):
+    torch.save({"model": {}}, path)  # a training state such as last.pt, not TorchScript
+
+
+def _torchscript_without_metadata(path):
+    torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path))
+
+
+@pytest.mark.parametrize("write, suffix, message", [
+    (lambda path: path.write_bytes(b"not a model"), ".onnx", "is not a readable onnx model"),
+    (lambda path: path.write_bytes(b"not a model"), ".pth", "is neither a .safetensors"),
+    (lambda path: path.write_bytes(b"not a model"), ".pt", "is not a TorchScript model"),
+    (_torch_save, ".pt", "is not a TorchScript model"),
+    (_torchscript_without_metadata, ".pt", "carries no resnetlab metadata"),
 ])
-def test_wrong_model_files_are_one_line_errors(tmp_path, capsys, content, suffix, message, cifar_eval):
+def test_wrong_model_files_are_one_line_errors(tmp_path, capsys, write, suffix, message, cifar_eval):
     bad = tmp_path / f"model{suffix}"
-    bad.write_bytes(content)
+    write(bad)
     assert main(["eval", "--checkpoint", str(bad), "--data", str(cifar_eval)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
@@ -100,7 +225,8 @@ def test_bench_measures_the_int8_file_as_it_is(int8_model, cifar_eval):
 
     rows = run_benchmark([], batch_sizes=[1, 4], checkpoint=str(int8_model), data=str(cifar_eval), threads=1,
                          warmup=1, repeats=2)
+    backend = int8_model.stem
     assert [(r.backend, r.precision, r.batch_size, r.input_size) for r in rows] == [
-        ("onnxruntime", "int8", 1, 32), ("onnxruntime", "int8", 4, 32)]
+        (backend, "int8", 1, 32), (backend, "int8", 4, 32)]
     assert rows[0].macs == rows[1].macs > 0 and rows[0].fraction_of_peak is None  # the peak is an fp32 figure
     assert 0.25 < rows[0].top1 == rows[1].top1 <= 1

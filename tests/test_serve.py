@@ -284,7 +284,7 @@ def test_workers_each_load_the_model_and_answer(cifar_classifier, images, servic
 
 @pytest.mark.parametrize("arguments, words", [
     (["--checkpoint", "missing.safetensors"], "does not exist"),
-    (["--checkpoint", "model.pt"], "neither a .safetensors"),
+    (["--checkpoint", "model.bin"], "neither a .safetensors"),
     (["--max-batch", "0"], "max-batch must be positive"),
     (["--max-wait-ms", "-1"], "max-wait-ms must be 0 or more"),
     (["--backend", "tensorrt"], "unknown backend"),

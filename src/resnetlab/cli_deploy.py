@@ -5,6 +5,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
+QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
+
 
 def add_export_parser(commands) -> None:
     export = commands.add_parser("export", help="ONNX, TorchScript or safetensors, checked against eager at once")
@@ -17,29 +19,44 @@ def add_export_parser(commands) -> None:
     export.set_defaults(run=cmd_export)
 
     quantize = commands.add_parser(
-        "quantize", help="INT8 post-training static quantization (ONNX Runtime), calibrated on real images",
-        description="Quantize a trained model to INT8: per-channel weights, BN folded, Conv+ReLU fused, "
-                    "activation ranges from --calib images. Prints size, latency and (with --data) top-1, "
+        "quantize", help="INT8 quantization: post-training (calibrated on real images) or quantization-aware training",
+        description="Quantize a trained model to INT8: per-channel weights, BN folded, Conv+ReLU fused. --method ptq "
+                    "sets activation ranges from --calib images; --method qat fine-tunes with INT8 simulated on "
+                    "--data's train split. --backend picks the runtime: onnxruntime or openvino (.onnx) or "
+                    "PyTorch's x86 kernels (TorchScript .pt). Prints size, latency and (with --data) top-1, "
                     "before and after.")
     quantize.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
-    quantize.add_argument("--calib", required=True, type=Path,
-                          help="a folder of real images like those the model will see (any layout)")
-    quantize.add_argument("--calib-images", type=int, default=256, help="how many to use (default 256)")
-    quantize.add_argument("--calibration", default="minmax", choices=["minmax", "percentile", "entropy"],
-                          help="how activation ranges are set from them (default minmax)")
-    quantize.add_argument("--data", help="also measure top-1 before and after on this folder's val/test split")
-    quantize.add_argument("--out", type=Path, help="the .onnx to write (default: CHECKPOINT.int8.onnx)")
+    quantize.add_argument("--method", default="ptq", choices=["ptq", "qat"],
+                          help="post-training quantization, or quantization-aware training (default ptq)")
+    quantize.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "x86"],
+                          help="the runtime the INT8 model is made for (default onnxruntime)")
+    quantize.add_argument("--calib", type=Path,
+                          help="ptq: a folder of real images like those the model will see (any layout)")
+    quantize.add_argument("--calib-images", type=int, default=256, help="ptq: how many to use (default 256)")
+    quantize.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
+                          help="ptq with onnxruntime: how activation ranges are set from them (default minmax)")
+    quantize.add_argument("--data", help="qat: the image folder whose train/ split it fine-tunes on; with either "
+                                         "method, top-1 before and after is measured on its val/ or test/ split")
+    quantize.add_argument("--epochs", type=int, help=f"qat: epochs of fine-tuning (default {QAT_EPOCHS})")
+    quantize.add_argument("--lr", type=float, help=f"qat: peak learning rate, cosine-decayed (default {QAT_LR:g})")
+    quantize.add_argument("--batch-size", type=int, help=f"qat: images per step (default {QAT_BATCH})")
+    quantize.add_argument("--out", type=Path,
+                          help="the file to write: .onnx, or .pt for x86 (default: CHECKPOINT.int8.onnx or .pt)")
     quantize.set_defaults(run=cmd_quantize)
 
     prune = commands.add_parser(
         "prune", help="structured channel pruning to a MAC budget, then fine-tuning",
-        description="Remove each block's weakest inner channels until the network has --target-macs of its "
-                    "MACs, fine-tune it on --data, and save a smaller dense model (plain config + weights).")
+        description="Remove the weakest channels, inside each block and of the residual stream (those a "
+                    "shortcut ties together go together), until the network has --target-macs of its MACs; "
+                    "fine-tune it on --data, and save a smaller dense model (plain config + weights).")
     prune.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
     prune.add_argument("--data", required=True, help="image folder to fine-tune on and evaluate with, or cifar10")
     prune.add_argument("--target-macs", type=float, default=0.5, help="fraction of the MACs to keep (default 0.5)")
-    prune.add_argument("--criterion", default="l1", choices=["l1", "bn-gamma"],
-                       help="how a channel is ranked: its filter's L1 norm, or its BN scale (default l1)")
+    prune.add_argument("--criterion", default="l1", choices=["l1", "bn-gamma", "taylor"],
+                       help="how a channel is ranked: its filters' L1 norm, its BN scales, or the loss change "
+                            "its removal causes on 256 training images, to first order (default l1)")
+    prune.add_argument("--keep-stream", action="store_true",
+                       help="prune each block's inner channels only; keep the residual stream whole")
     prune.add_argument("--finetune-epochs", type=int, default=5, help="0 skips fine-tuning (default 5)")
     prune.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak lr (default 0.01)")
     prune.add_argument("--batch-size", type=int, default=128)
@@ -68,34 +85,67 @@ def cmd_export(args: argparse.Namespace, console) -> None:
 
 def cmd_quantize(args: argparse.Namespace, console) -> None:
     from .compress.chain import measure_file
-    from .compress.quantize import calibration_batches, quantize_model
+    from .compress.quantize import BACKENDS, RUNTIME_NAMES, check_backend, write_fp32_reference
     from .complexity import count_macs
-    from .errors import ConfigError
-    from .export import export_model
     from .models import load_model
 
-    if args.calib_images < 1:
-        raise ConfigError(f"--calib-images must be at least 1, not {args.calib_images}")
+    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.int8{BACKENDS[args.backend]}")
+    _check_method_options(args)
+    check_backend(args.backend, out)
     model = load_model(args.checkpoint).eval()
-    calibration = calibration_batches(model, args.calib, args.calib_images)
-    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.int8.onnx")
-    quantize_model(model, calibration, out, args.calibration)
+    if args.method == "ptq":
+        from .compress.quantize import calibration_batches, quantize_model
+
+        calibration = calibration_batches(model, args.calib, args.calib_images)
+        quantize_model(model, calibration, out, args.calibration, args.backend)
+        how = f"{sum(len(b) for b in calibration)} calibration images"
+    else:
+        from .compress.qat import quantization_aware_training
+
+        epochs = QAT_EPOCHS if args.epochs is None else args.epochs
+        quantization_aware_training(model, args.data, out, args.backend, epochs,
+                                    QAT_LR if args.lr is None else args.lr,
+                                    QAT_BATCH if args.batch_size is None else args.batch_size)
+        how = f"quantization-aware training, {epochs} epoch(s)"
 
     macs = count_macs(model)  # INT8 changes the arithmetic's precision, not its amount
+    runtime = RUNTIME_NAMES[args.backend]
     with tempfile.TemporaryDirectory() as work:
-        fp32_onnx = export_model(model, Path(work) / "fp32.onnx").path  # the same runtime, without INT8
+        fp32 = write_fp32_reference(model, args.backend, Path(work))  # the same runtime, without INT8
         records = [measure_file(label, path, args.data, macs)
-                   for label, path in (("fp32 (PyTorch)", args.checkpoint), ("fp32 (ONNX Runtime)", fp32_onnx),
-                                       ("INT8 (ONNX Runtime)", out))]
-    print_records(records, f"{model.arch}: fp32 -> INT8 ({sum(len(b) for b in calibration)} calibration images, "
-                           f"{args.calibration})", console)
+                   for label, path in (("fp32 (PyTorch)", args.checkpoint), (f"fp32 ({runtime})", fp32),
+                                       (f"INT8 ({runtime})", out))]
+    print_records(records, f"{model.arch}: fp32 -> INT8 ({how})", console)
+
+
+def _check_method_options(args: argparse.Namespace) -> None:
+    """Each option belongs to one method; a stray one is an error, not silently ignored."""
+    from .errors import ConfigError
+
+    if args.method == "ptq":
+        if args.calib is None:
+            raise ConfigError("--method ptq calibrates on real images: give --calib DIR (a few hundred images "
+                              "like those the model will see)")
+        if args.calib_images < 1:
+            raise ConfigError(f"--calib-images must be at least 1, not {args.calib_images}")
+        given = [flag for flag, value in (("--epochs", args.epochs), ("--lr", args.lr),
+                                          ("--batch-size", args.batch_size)) if value is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} set the fine-tune of --method qat; --method ptq does not train")
+        return
+    if args.data is None:
+        raise ConfigError("--method qat fine-tunes on real images: give --data DIR, a folder with train/ and "
+                          "val/ or test/ splits")
+    if args.calib is not None or args.calibration is not None:
+        raise ConfigError("--method qat learns its ranges while fine-tuning on --data; --calib and "
+                          "--calibration are for --method ptq")
 
 
 def cmd_prune(args: argparse.Namespace, console) -> None:
     from .compress.chain import ChainSettings, compress
 
-    settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, epochs=args.finetune_epochs,
-                             lr=args.lr, batch_size=args.batch_size)
+    settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, keep_stream=args.keep_stream,
+                             epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size)
     out = args.out or args.checkpoint.parent / f"pruned-{args.target_macs:g}"
     records = compress(args.checkpoint, args.data, ["prune"], out, settings)
     print_records(records, f"pruned to {args.target_macs:g} of its MACs", console)
@@ -113,7 +163,9 @@ def add_compress_parser(commands) -> None:
                        help="comma-separated, from prune, distill, quantize, export (default: all four)")
     chain.add_argument("--out", required=True, type=Path, help="folder for each step's file and report.json")
     chain.add_argument("--target-macs", type=float, default=0.5, help="prune: fraction of the MACs to keep")
-    chain.add_argument("--criterion", default="l1", choices=["l1", "bn-gamma"], help="prune: channel ranking")
+    chain.add_argument("--criterion", default="l1", choices=["l1", "bn-gamma", "taylor"],
+                       help="prune: channel ranking")
+    chain.add_argument("--keep-stream", action="store_true", help="prune: inner channels only, the stream whole")
     chain.add_argument("--student", help="distill without prune: the architecture to train")
     chain.add_argument("--epochs", type=int, default=5, help="training after pruning / of the student (default 5)")
     chain.add_argument("--lr", type=float, default=0.01)
@@ -127,9 +179,9 @@ def add_compress_parser(commands) -> None:
 def cmd_compress(args: argparse.Namespace, console) -> None:
     from .compress.chain import ChainSettings, compress
 
-    settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, student=args.student,
-                             epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, alpha=args.alpha,
-                             temperature=args.temperature, calib_images=args.calib_images)
+    settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, keep_stream=args.keep_stream,
+                             student=args.student, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                             alpha=args.alpha, temperature=args.temperature, calib_images=args.calib_images)
     steps = [step.strip() for step in args.steps.split(",") if step.strip()]
     records = compress(args.checkpoint, args.data, steps, args.out, settings)
     print_records(records, " -> ".join(["original", *steps]), console)

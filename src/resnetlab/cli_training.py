@@ -161,7 +161,7 @@ def cmd_distill(args: argparse.Namespace, console) -> None:
 def add_evaluation_parsers(commands) -> None:
     evaluate = commands.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion matrix")
     evaluate.add_argument("--checkpoint", required=True, type=Path,
-                          help="a .safetensors written by training, or an .onnx from export or quantize")
+                          help="a .safetensors written by training, or an .onnx or .pt from export or quantize")
     evaluate.add_argument("--data", required=True,
                           help="image folder (its val/ or test/ split, or class folders directly), or cifar10")
     evaluate.add_argument("--split", help="the folder to evaluate on (default: val, else test)")
@@ -174,7 +174,7 @@ def add_evaluation_parsers(commands) -> None:
 
     predict = commands.add_parser("predict", help="top-k labels of image files")
     predict.add_argument("--checkpoint", required=True, type=Path,
-                         help="a .safetensors written by training, or an .onnx from export or quantize")
+                         help="a .safetensors written by training, or an .onnx or .pt from export or quantize")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("-k", "--top-k", type=int, default=5)
     predict.add_argument("--device", default="auto")

@@ -1,5 +1,7 @@
-"""Any model file resnetlab writes, ready to run: trained weights (.safetensors) or an exported or
-INT8-quantized graph (.onnx). ``eval``, ``predict`` and ``bench`` take either through ``load_deployed``."""
+"""Any model file resnetlab writes, ready to run: trained weights (.safetensors), an exported or
+INT8-quantized ONNX graph (.onnx), or a TorchScript file (.pt: ``export --format torchscript``, or
+``quantize --backend x86``). ``eval``, ``predict``, ``bench`` and ``serve`` take each through ``load_deployed``;
+an .onnx runs on the runtime its metadata names (ONNX Runtime unless it says OpenVINO)."""
 from __future__ import annotations
 
 import os
@@ -18,10 +20,11 @@ class DeployedModel:
     """``model(images) -> logits`` on normalised NCHW float images, with what it needs around it."""
 
     path: Path
-    format: str  # "safetensors" or "onnx"
+    format: str  # "safetensors", "onnx" or "torchscript"
+    backend: str  # what runs it: "eager", "onnxruntime", "openvino", "torchscript", or "x86" (PyTorch's INT8 kernels)
     arch: str
     precision: str  # "fp32", or "int8" for a quantized graph
-    params: int | None  # None for an ONNX graph: its parameters are not PyTorch's
+    params: int | None  # None for a graph file: its parameters are not the PyTorch model's
     in_chans: int
     class_names: list[str] | None
     num_classes: int
@@ -32,32 +35,35 @@ class DeployedModel:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.run(images)
 
-    @property
-    def backend(self) -> str:
-        return "onnxruntime" if self.format == "onnx" else "eager"
-
     def eval(self) -> DeployedModel:  # the training loop's ``evaluate`` calls it; nothing here trains
         return self
 
 
 def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu") -> DeployedModel:
-    """``device`` "auto": a GPU when there is one for weights, the CPU for ONNX graphs (they run there)."""
+    """``device`` "auto": a GPU when there is one for weights, the CPU for graph files (they run there)."""
     from .engine.distributed import resolve_device
 
     path = Path(path)
-    if model_file_format(path) == "onnx":
-        return _onnx(path, torch.device("cpu") if device == "auto" else torch.device(device))
-    return _safetensors(path, resolve_device(device) if isinstance(device, str) else device)
+    format = model_file_format(path)
+    if format == "safetensors":
+        return _safetensors(path, resolve_device(device) if isinstance(device, str) else device)
+    device = torch.device("cpu") if device == "auto" else torch.device(device)
+    if device.type != "cpu":
+        raise ConfigError(f"{path.suffix} models run on the CPU here, not {device}")
+    return _onnx(path, device) if format == "onnx" else _torchscript(path, device)
+
+
+FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript"}
 
 
 def model_file_format(path: Path) -> str:
-    """"safetensors" or "onnx" for an existing model file; a ``CheckpointError`` for anything else."""
-    if path.suffix not in (".safetensors", ".onnx"):
-        raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train) nor an .onnx "
-                              "(resnetlab export or quantize) model file")
+    """"safetensors", "onnx" or "torchscript" for an existing model file; a ``CheckpointError`` for anything else."""
+    if path.suffix not in FORMATS:
+        raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train), an .onnx (resnetlab export "
+                              "or quantize) nor a TorchScript .pt (resnetlab export or quantize --backend x86) model file")
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
-    return path.suffix[1:]
+    return FORMATS[path.suffix]
 
 
 def _safetensors(path: Path, device: torch.device) -> DeployedModel:
@@ -69,20 +75,36 @@ def _safetensors(path: Path, device: torch.device) -> DeployedModel:
         with torch.inference_mode():
             return model(images.to(device))
 
-    return DeployedModel(path=path, format="safetensors", arch=model.arch, precision="fp32",
+    return DeployedModel(path=path, format="safetensors", backend="eager", arch=model.arch, precision="fp32",
                          params=sum(p.numel() for p in model.parameters()), in_chans=model.config.in_chans,
                          class_names=model.class_names, num_classes=model.config.num_classes,
                          preprocessing=model.preprocessing, device=device, run=run)
 
 
 def _onnx(path: Path, device: torch.device) -> DeployedModel:
-    if device.type != "cpu":
-        raise ConfigError(f"ONNX models run on the CPU here (ONNX Runtime's CPU provider), not {device}")
-    from .export import onnxruntime_runner, read_export_metadata
+    from .export import onnxruntime_runner, openvino_runner, read_export_metadata
 
     metadata = read_export_metadata(path)
-    run = onnxruntime_runner(path)
-    return DeployedModel(path=path, format="onnx", arch=metadata["arch"], precision=metadata.get("precision", "fp32"),
-                         params=None, in_chans=metadata["config"]["in_chans"],
-                         class_names=metadata["class_names"], num_classes=metadata["config"]["num_classes"],
+    backend = metadata.get("runtime", "onnxruntime")
+    run = openvino_runner(path) if backend == "openvino" else onnxruntime_runner(path)
+    return _graph(path, "onnx", backend, metadata, device, run)
+
+
+def _torchscript(path: Path, device: torch.device) -> DeployedModel:
+    from .export import load_torchscript
+
+    module, metadata = load_torchscript(path)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(images.cpu())
+
+    return _graph(path, "torchscript", metadata.get("runtime", "torchscript"), metadata, device, run)
+
+
+def _graph(path: Path, format: str, backend: str, metadata: dict, device: torch.device, run) -> DeployedModel:
+    return DeployedModel(path=path, format=format, backend=backend, arch=metadata["arch"],
+                         precision=metadata.get("precision", "fp32"), params=None,
+                         in_chans=metadata["config"]["in_chans"], class_names=metadata["class_names"],
+                         num_classes=metadata["config"]["num_classes"],
                          preprocessing=Preprocessing(**metadata["preprocessing"]), device=device, run=run)

@@ -36,10 +36,11 @@ class ExportReport:
 
 @contextmanager
 def quiet_tracing():
-    """The exporters trace with TorchScript, which warns of its own deprecation and of strided slices
-    it cannot constant-fold (the zero-padding shortcut's); neither is the user's to act on."""
+    """The exporters trace with TorchScript, which warns of its own deprecation (on every trace, save
+    and load) and of strided slices it cannot constant-fold (the zero-padding shortcut's); neither is
+    the user's to act on."""
     with warnings.catch_warnings():
-        for message in ("Constant folding", "`torch.jit.trace", "The feature will be removed"):
+        for message in ("Constant folding", "`torch.jit.", "The feature will be removed"):
             warnings.filterwarnings("ignore", message=message)
         yield
 
@@ -91,29 +92,47 @@ def export_model(model: ResNet, path: str | Path, format: str = "onnx", *, dynam
             if format == "onnx":
                 tmp.write_bytes(onnx_bytes(model, example, dynamic_batch, opset, metadata))
             else:
-                with quiet_tracing(), torch.no_grad():
-                    traced = torch.jit.trace(model, example)
-                torch.jit.save(traced, str(tmp), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
+                save_torchscript(model, example, tmp, metadata)
             difference = _check(model, tmp, format, batches, side)
     return ExportReport(path=path, format=format, bytes=path.stat().st_size, max_abs_difference=difference,
                         checked_batches=batches)
 
 
+def save_torchscript(module: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> None:
+    """``module`` traced at ``example`` (its batch stays free) and saved with ``metadata`` beside the graph."""
+    with quiet_tracing(), torch.no_grad():
+        traced = torch.jit.trace(module, example)
+        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
+
+
+def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict]:
+    """A TorchScript file resnetlab wrote (export or quantize --backend x86), on the CPU, and its metadata."""
+    extra = {f"{METADATA_KEY}.json": ""}
+    try:
+        with quiet_tracing():
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as error:  # a torch.save pickle (a training state like last.pt), or a corrupt file
+        raise CheckpointError(f"{path} is not a TorchScript model; give a .pt from resnetlab export --format "
+                              "torchscript or quantize --backend x86 (a training state like last.pt is not one)"
+                              ) from error
+    return module.eval(), _parse_metadata(path, extra[f"{METADATA_KEY}.json"])
+
+
 def read_export_metadata(path: str | Path) -> dict:
     """The metadata an ONNX or TorchScript export carries (``load_model``'s for safetensors)."""
     path = Path(path)
+    if path.suffix != ".onnx":
+        return load_torchscript(path)[1]
     try:
-        if path.suffix == ".onnx":
-            import onnx
+        import onnx
 
-            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-            text = props.get(METADATA_KEY, "")
-        else:
-            extra = {f"{METADATA_KEY}.json": ""}
-            torch.jit.load(str(path), _extra_files=extra)
-            text = extra[f"{METADATA_KEY}.json"]
-    except Exception as error:  # protobuf and TorchScript raise their own kinds on a corrupt file
-        raise CheckpointError(f"{path} is not a readable {path.suffix[1:]} model: {error}") from error
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except Exception as error:  # protobuf raises its own kinds on a corrupt file
+        raise CheckpointError(f"{path} is not a readable onnx model: {error}") from error
+    return _parse_metadata(path, props.get(METADATA_KEY, ""))
+
+
+def _parse_metadata(path: Path, text: str) -> dict:
     if not text:
         raise CheckpointError(f"{path} carries no resnetlab metadata (classes, preprocessing); "
                               "write it with resnetlab export or quantize")
@@ -160,11 +179,31 @@ def onnxruntime_runner(graph: bytes | Path):
     return run
 
 
+def openvino_runner(model, precision: str = "fp32"):
+    """``run(images) -> logits`` for an OpenVINO model or a model file it reads (.onnx), compiled for the
+    CPU at batch-1 latency on torch's thread count. ``precision`` is that of the float parts: OpenVINO
+    would pick bf16 by itself on CPUs that have it, and the caller chooses here."""
+    try:
+        import openvino
+    except ImportError:
+        raise ConfigError("running this model needs OpenVINO: pip install openvino") from None
+    compiled = openvino.Core().compile_model(str(model) if isinstance(model, Path) else model, "CPU", {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]})
+    request = compiled.create_infer_request()
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        result = request.infer({0: images.detach().float().contiguous().numpy()})
+        return torch.from_numpy(result[compiled.output(0)].copy())
+
+    return run
+
+
 def _loaded(path: Path, format: str):
     if format == "onnx":
         return onnxruntime_runner(path)
     if format == "torchscript":
-        scripted = torch.jit.load(str(path))
+        scripted, _ = load_torchscript(path)
         return lambda images: scripted(images).detach()
     reloaded = load_model(path).eval()
     return lambda images: reloaded(images).detach()

@@ -18,7 +18,7 @@ from torch.fx.experimental.optimization import fuse
 
 from .errors import ConfigError
 from .models.blocks import DeformableConv3x3
-from .export import onnx_bytes, onnxruntime_runner, quiet_tracing, refuse_deformable_onnx
+from .export import onnx_bytes, onnxruntime_runner, openvino_runner, quiet_tracing, refuse_deformable_onnx
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -158,14 +158,4 @@ def _openvino(model: nn.Module, precision: str, example: torch.Tensor):
     with quiet_tracing():
         converted = openvino.convert_model(model, example_input=example,
                                            input=[openvino.PartialShape([-1, *example.shape[1:]])])
-    # OpenVINO would pick bf16 by itself on CPUs that have it: precision is the caller's choice here.
-    compiled = openvino.Core().compile_model(converted, "CPU", {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision]})
-    request = compiled.create_infer_request()
-
-    def run(images: torch.Tensor) -> torch.Tensor:
-        result = request.infer({0: images.detach().float().contiguous().numpy()})
-        return torch.from_numpy(result[compiled.output(0)].copy())
-
-    return run
+    return openvino_runner(converted, precision)

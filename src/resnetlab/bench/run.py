@@ -20,7 +20,7 @@ from ..complexity import count_macs, count_parameters
 from ..config import DataConfig
 from ..data.loaders import build_eval_loader
 from ..errors import ConfigError
-from ..deployed import DeployedModel, load_deployed
+from ..deployed import DeployedModel, load_deployed, model_file_format
 from ..export import read_export_metadata
 from ..models import ResNet, ResNetConfig, create_model, load_model
 from ..models.registry import model_config
@@ -87,8 +87,8 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
     """Measure every combination; rows come in the order model, input size, backend, precision, batch.
 
     ``input_sizes`` None: each model's own (224 for ImageNet models, 32 for CIFAR ones).
-    ``checkpoint`` (a file ``save_weights`` wrote, or an ``.onnx`` from ``resnetlab export`` or
-    ``quantize``, measured as it is with ONNX Runtime) is measured instead of registry ``models``; with
+    ``checkpoint`` (a file ``save_weights`` wrote, or an ``.onnx`` or ``.pt`` from ``resnetlab export`` or
+    ``quantize``, measured as it is on its own runtime) is measured instead of registry ``models``; with
     ``data`` (a folder with a val/ or test/ split, or cifar10) each backend and precision also gets
     its top-1 there, at the checkpoint's own preprocessing. ``threads`` sets torch's CPU threads for
     the run (None keeps the current setting). On a CPU, fp32 rows carry their fraction of the CPU's
@@ -97,15 +97,15 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
     if data is not None and checkpoint is None:
         raise ConfigError("--data measures the top-1 of trained weights: give them with --checkpoint "
                           "(e.g. RUN_DIR/best.safetensors from resnetlab train)")
-    measured = None  # the checkpoint's model: a ResNet, or an .onnx graph measured as it is
+    measured = None  # the checkpoint's model: a ResNet, or a graph file measured as it is
     if checkpoint is not None:
         if models:
             raise ConfigError("give either model names or --checkpoint, not both: the checkpoint names its model")
-        if Path(checkpoint).suffix == ".onnx":
+        if model_file_format(Path(checkpoint)) != "safetensors":
             graph = load_deployed(checkpoint)
             if list(backends) != ["eager"] or list(precisions) != ["fp32"]:
-                raise ConfigError("an .onnx file is measured as it is (ONNX Runtime, its own precision): "
-                                  "leave out --backend and --precision")
+                raise ConfigError(f"a {Path(checkpoint).suffix} file is measured as it is ({graph.backend}, "
+                                  f"{graph.precision}): leave out --backend and --precision")
             if input_sizes and set(input_sizes) != {graph.preprocessing.input_size}:
                 raise ConfigError(f"{checkpoint} was exported at {graph.preprocessing.input_size} px; "
                                   "leave out --input-size")

@@ -6,6 +6,7 @@ MACs, file size, batch-1 CPU latency and top-1 on the data's val/test split.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -17,15 +18,17 @@ from ..atomic import atomic_path
 from ..bench.measure import measure
 from ..complexity import count_macs
 from ..config import DataConfig, DistillConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+from ..data.loaders import build_loaders
 from ..deployed import load_deployed
 from ..engine.evaluation import evaluate_model
 from ..errors import ConfigError
 from ..export import export_model, read_export_metadata
-from ..models import load_model, save_weights
-from .prune import prune_model
+from ..models import ResNet, load_model, save_weights
+from .prune import prune_model, width_options
 from .quantize import calibration_batches, quantize_model
 
 STEPS = ("prune", "distill", "quantize", "export")  # the order they run in
+TAYLOR_IMAGES, TAYLOR_BATCH = 256, 32  # prune --criterion taylor: the loss is measured on this many images
 
 
 @dataclass
@@ -34,6 +37,7 @@ class ChainSettings:
 
     target_macs: float = 0.5  # prune: fraction of the MACs to keep
     criterion: str = "l1"  # prune: how channels are ranked
+    keep_stream: bool = False  # prune: inner channels only, the residual stream whole
     student: str | None = None  # distill without prune: the architecture to train (with prune: the pruned net)
     epochs: int = 5  # training after pruning (0: none), or of the student
     lr: float = 0.01
@@ -82,7 +86,9 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
     for number, step in enumerate(steps, start=1):
         folder = out / f"{number}-{step}"
         if step == "prune":
-            pruned = prune_model(load_model(current).eval(), settings.target_macs, settings.criterion)
+            model = load_model(current).eval()
+            batches = _loss_batches(model, data) if settings.criterion == "taylor" else None
+            pruned = prune_model(model, settings.target_macs, settings.criterion, settings.keep_stream, batches)
             current, macs = save_weights(pruned, folder / "pruned.safetensors"), count_macs(pruned)
             records.append(measure_file("prune (before training)", current, data, macs))
             if "distill" in steps or settings.epochs == 0:
@@ -110,9 +116,7 @@ def _train(start: Path | None, data: str, out: Path, settings: ChainSettings, te
 
     if start is not None:
         model = load_model(start)
-        options = {"mid_channels": [list(widths) for widths in model.config.mid_channels]} \
-            if model.config.mid_channels else {}
-        model_config = ModelConfig(name=model.arch, options=options, weights=str(start))
+        model_config = ModelConfig(name=model.arch, options=width_options(model.config), weights=str(start))
     else:
         model_config = ModelConfig(name=settings.student)
     config = TrainConfig(
@@ -123,6 +127,13 @@ def _train(start: Path | None, data: str, out: Path, settings: ChainSettings, te
         epochs=settings.epochs, out=str(out))
     train(config)
     return out / BEST_WEIGHTS
+
+
+def _loss_batches(model: ResNet, data: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """TAYLOR_IMAGES training images of ``data``, as training sees them: what the taylor criterion
+    measures the loss on."""
+    train_loader, _, _ = build_loaders(DataConfig(data=data, batch_size=TAYLOR_BATCH), model.preprocessing)
+    return list(itertools.islice(train_loader, TAYLOR_IMAGES // TAYLOR_BATCH))
 
 
 def _export(current: Path, folder: Path) -> Path:

@@ -1,23 +1,41 @@
 """Structured channel pruning: a genuinely smaller dense ResNet, saved as a plain config plus weights.
 
-Each residual block's inner channels (the ones between its convolutions) are ranked, the weakest
-removed from the convolution that makes them, its BN, and the convolution that reads them. The
-residual stream, whose channels are tied together through every shortcut and addition of a
-stage, is left whole: so no pruning can break an addition. The result is an ordinary
-``ResNetConfig`` with per-block ``mid_channels``: ``create_model(arch, mid_channels=...)`` builds
-it and ``load_model`` reads it back; nothing is pickled.
+Two kinds of channels go, ranked by how little they carry:
+
+- **Inner channels**, between a block's convolutions: removed from the convolution that makes
+  them, its BN, and the convolution that reads them.
+- **Residual-stream channels**, the ones the stem, the blocks' last layers and the shortcuts
+  write, and every block of the next stage reads. A channel of the stream is one channel for all
+  of them, and for the stages an identity or zero-padding shortcut joins to it: it is ranked by
+  the sum of its scores there and kept or removed everywhere at once, so every addition stays
+  aligned. ``keep_stream=True`` leaves the stream whole and prunes inner channels only.
+
+Criteria: ``l1``, the L1 norm of the filters that make a channel (Li et al., ICLR 2017);
+``bn-gamma``, the absolute scales its BNs give it (Liu et al., network slimming, ICCV 2017);
+``taylor``, the first-order estimate of how much the loss on real images changes without it,
+(sum over its filters of weight x gradient)^2 (Molchanov et al., CVPR 2019).
+
+One fraction of each kind is kept, the largest that meets the MAC budget. The result is an
+ordinary ``ResNetConfig`` with per-block ``mid_channels`` and per-stage ``stream_channels``:
+``create_model(arch, mid_channels=..., stream_channels=...)`` builds it and ``load_model`` reads it
+back; nothing is pickled.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import copy
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..complexity import count_macs
 from ..errors import ConfigError
 from ..models import ResNet
+from ..models.resnet import ResNetConfig
 
-CRITERIA = ("l1", "bn-gamma")
+CRITERIA = ("l1", "bn-gamma", "taylor")
 # Per block type: (convolution that makes the inner channels, the BN on them, the convolution that reads them).
 INNER_CHANNELS = {
     "basic": [("conv1", "bn1", "conv2")],
@@ -25,11 +43,27 @@ INNER_CHANNELS = {
     "preact_basic": [("conv1", "bn2", "conv2")],
     "preact_bottleneck": [("conv1", "bn2", "conv2"), ("conv2", "bn3", "conv3")],
 }
+# Per block type: the convolution that writes the block's output into the stream, and the BN after it.
+STREAM_WRITERS = {
+    "basic": ("conv2", "bn2"),
+    "bottleneck": ("conv3", "bn3"),
+    "preact_basic": ("conv2", None),
+    "preact_bottleneck": ("conv3", None),
+}
 BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 
-def prunable(model: ResNet) -> None:
-    """Refuse, in one sentence, the architectures whose inner channels cannot simply be sliced."""
+@dataclass(frozen=True)
+class StreamTensor:
+    """A weight or buffer with one dimension along a segment of the residual stream."""
+
+    name: str  # state-dict key
+    dim: int
+    role: str  # "writer" (a conv making the channels), "norm" (a BN tensor on them) or "reader"
+
+
+def prunable(model: ResNet, keep_stream: bool) -> None:
+    """Refuse, in one sentence, the architectures whose channels cannot simply be sliced."""
     config = model.config
     if config.deformable_stages:
         raise ConfigError("pruning deformable models is not supported: their offset convolutions read the "
@@ -37,29 +71,44 @@ def prunable(model: ResNet) -> None:
     if config.groups != 1:
         raise ConfigError(f"pruning grouped convolutions (ResNeXt, groups={config.groups}) is not supported: "
                           "channels would have to go a whole group at a time")
+    if config.attention is not None and not keep_stream:
+        raise ConfigError("pruning the residual stream of squeeze-excite models is not supported (their "
+                          "attention widths follow it); keep the stream whole and prune inner channels only")
 
 
-def pruned_widths(model: ResNet, keep: float) -> tuple[tuple[int, ...], ...]:
-    """Every block's inner width scaled by ``keep`` (at least one channel)."""
-    config = model.config
-    return tuple(tuple(max(1, round(width * keep)) for width in config.stage_mid_channels(stage))
+def pruned_config(config: ResNetConfig, keep: float, keep_stream: bool) -> ResNetConfig:
+    """``config`` with every inner width, and unless ``keep_stream`` the stream, scaled by ``keep``.
+
+    Each stage keeps at least one inner channel and at least one channel of the stream that is its own.
+    """
+    mids = tuple(tuple(max(1, round(width * keep)) for width in config.stage_mid_channels(stage))
                  for stage in range(len(config.layers)))
+    if keep_stream:
+        return replace(config, mid_channels=mids)
+    streams = []
+    for segment, (inherited, new) in enumerate(_stream_layout(config)):
+        own = round(new * keep) if inherited else max(1, round(new * keep))
+        streams.append((streams[segment - 1] if inherited else 0) + own)
+    return replace(config, mid_channels=mids, stream_channels=tuple(streams))
 
 
-def keep_fraction_for(model: ResNet, target_macs: float, input_size: int | None = None) -> float:
-    """The largest uniform fraction of inner channels whose network has at most ``target_macs`` x the MACs."""
+def keep_fraction_for(model: ResNet, target_macs: float, keep_stream: bool = False,
+                      input_size: int | None = None) -> float:
+    """The largest uniform fraction of channels whose network has at most ``target_macs`` x the MACs."""
     if not 0 < target_macs < 1:
         raise ConfigError(f"target MACs is a fraction of the model's, between 0 and 1 (0.5 halves them), "
                           f"not {target_macs}")
     full = count_macs(_meta(model.config), input_size)
 
     def macs(keep: float) -> int:
-        return count_macs(_meta(replace(model.config, mid_channels=pruned_widths(model, keep))), input_size)
+        return count_macs(_meta(pruned_config(model.config, keep, keep_stream)), input_size)
 
     if macs(0.0) > target_macs * full:
         floor = macs(0.0) / full
-        raise ConfigError(f"{model.arch} keeps {floor:.0%} of its MACs with one inner channel per block: the "
-                          f"stem, residual stream and classifier are not pruned; ask for --target-macs above {floor:.2f}")
+        kept = "the stem, residual stream and classifier are not pruned" if keep_stream else \
+            "the first and last layers keep their inputs and outputs"
+        raise ConfigError(f"{model.arch} keeps {floor:.0%} of its MACs with one channel per layer ({kept}); "
+                          f"ask for --target-macs above {floor:.2f}")
     low, high = 0.0, 1.0
     for _ in range(20):  # bisection to 1e-6 of the fraction
         middle = (low + high) / 2
@@ -67,37 +116,155 @@ def keep_fraction_for(model: ResNet, target_macs: float, input_size: int | None 
     return low
 
 
-def prune_model(model: ResNet, target_macs: float, criterion: str = "l1") -> ResNet:
+def prune_model(model: ResNet, target_macs: float, criterion: str = "l1", keep_stream: bool = False,
+                batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None) -> ResNet:
     """A new, smaller ``model`` with at most ``target_macs`` of its MACs; the original is untouched.
 
-    ``l1``: a channel's worth is the L1 norm of the filter that makes it (Li et al., ICLR 2017);
-    ``bn-gamma``: the absolute scale its BN gives it (Liu et al., network slimming, ICCV 2017).
+    ``batches`` of (normalised images, labels) are what the ``taylor`` criterion measures the loss on.
     """
     if criterion not in CRITERIA:
         raise ConfigError(f"unknown pruning criterion {criterion!r}; choose one of {', '.join(CRITERIA)}")
-    prunable(model)
-    widths = pruned_widths(model, keep_fraction_for(model, target_macs))
-    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    for stage, stage_name in enumerate(model.stage_names):
-        for index, width in enumerate(widths[stage]):
-            prefix = f"{stage_name}.{index}."
-            for maker, norm, reader in INNER_CHANNELS[model.config.block]:
-                scores = _scores(state, prefix + maker, prefix + norm, criterion)
-                kept = scores.topk(width).indices.sort().values
-                state[prefix + maker + ".weight"] = state[prefix + maker + ".weight"][kept]
-                for tensor in BN_TENSORS:
-                    state[f"{prefix}{norm}.{tensor}"] = state[f"{prefix}{norm}.{tensor}"][kept]
-                state[prefix + reader + ".weight"] = state[prefix + reader + ".weight"][:, kept]
-    pruned = ResNet(replace(model.config, mid_channels=widths), arch=model.arch)
+    if criterion == "taylor" and batches is None:
+        raise ConfigError("the taylor criterion ranks channels by their effect on the loss: it needs "
+                          "labelled training images")
+    prunable(model, keep_stream)
+    config = pruned_config(model.config, keep_fraction_for(model, target_macs, keep_stream), keep_stream)
+    score = _channel_scorer(model, criterion, batches)  # channels are ranked on the original weights
+    state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
+    _prune_inner_channels(score, state, model, config.mid_channels, criterion)
+    if not keep_stream:
+        _prune_stream(score, state, model, config.stream_channels, criterion)
+    pruned = ResNet(config, arch=model.arch)
     pruned.load_state_dict(state)
     pruned.class_names, pruned.preprocessing = model.class_names, model.preprocessing
     return pruned
 
 
-def _scores(state: dict[str, torch.Tensor], maker: str, norm: str, criterion: str) -> torch.Tensor:
+def width_options(config: ResNetConfig) -> dict:
+    """The ``create_model`` options that rebuild a pruned ``config``'s widths (none for an unpruned one)."""
+    options = {}
+    if config.mid_channels is not None:
+        options["mid_channels"] = [list(widths) for widths in config.mid_channels]
+    if config.stream_channels is not None:
+        options["stream_channels"] = list(config.stream_channels)
+    return options
+
+
+def stream_tensors(model: ResNet) -> list[list[StreamTensor]]:
+    """For each segment of the stream (0 the stem's output, then each stage's), what runs along it."""
+    block_type = model.config.block
+    writer_conv, writer_norm = STREAM_WRITERS[block_type]
+    segments: list[list[StreamTensor]] = [[] for _ in range(len(model.stage_names) + 1)]
+
+    def norm(segment: int, prefix: str) -> None:
+        segments[segment] += [StreamTensor(f"{prefix}.{tensor}", 0, "norm") for tensor in BN_TENSORS]
+
+    segments[0].append(StreamTensor("conv1.weight", 0, "writer"))
+    if model.bn1 is not None:
+        norm(0, "bn1")
+    for stage, stage_name in enumerate(model.stage_names):
+        for index, block in enumerate(model.stages[stage]):
+            prefix, reads, writes = f"{stage_name}.{index}", stage if index == 0 else stage + 1, stage + 1
+            segments[reads].append(StreamTensor(f"{prefix}.conv1.weight", 1, "reader"))
+            if block_type.startswith("preact"):
+                norm(reads, f"{prefix}.bn1")  # pre-activation: the block normalises its input
+            segments[writes].append(StreamTensor(f"{prefix}.{writer_conv}.weight", 0, "writer"))
+            if writer_norm is not None:
+                norm(writes, f"{prefix}.{writer_norm}")
+            if isinstance(block.downsample, nn.Sequential):  # a projection shortcut: conv (+ BN)
+                segments[reads].append(StreamTensor(f"{prefix}.downsample.0.weight", 1, "reader"))
+                segments[writes].append(StreamTensor(f"{prefix}.downsample.0.weight", 0, "writer"))
+                if len(block.downsample) > 1:
+                    norm(writes, f"{prefix}.downsample.1")
+    if model.final_bn is not None:
+        norm(-1, "final_bn")
+    if isinstance(model.fc, nn.Linear):
+        segments[-1].append(StreamTensor("fc.weight", 1, "reader"))
+    return segments
+
+
+def _stream_layout(config: ResNetConfig) -> list[tuple[bool, int]]:
+    """Per segment: whether it carries on the previous segment's channels (an identity or zero-padding
+    shortcut joins them, as its first channels), and how many channels of its own it adds."""
+    nominal = (config.stem_channels, *(c * config.block_type.expansion for c in config.channels))
+    layout = [(False, nominal[0])]
+    for stage in range(len(config.layers)):
+        inherited = config.entry_shortcut(stage) is not None and config.entry_shortcut(stage) != "projection"
+        layout.append((inherited, nominal[stage + 1] - (nominal[stage] if inherited else 0)))
+    return layout
+
+
+def _channel_scorer(model: ResNet, criterion: str, batches) -> Callable[[str], torch.Tensor]:
+    """``score(name)``: the worth of each output channel of a convolution's weight (``l1``, ``taylor``)
+    or of a BN's weight (``bn-gamma``)."""
+    weights = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     if criterion == "l1":
-        return state[maker + ".weight"].abs().flatten(1).sum(1)
-    return state[norm + ".weight"].abs()
+        return lambda name: weights[name].abs().flatten(1).sum(1)
+    if criterion == "bn-gamma":
+        return lambda name: weights[name].abs()
+    saliency = _taylor_saliency(model, batches)
+    return lambda name: saliency[name]
+
+
+def _taylor_saliency(model: ResNet, batches) -> dict[str, torch.Tensor]:
+    """Per convolution, per output channel: (sum over its filter of weight x d loss / d weight)^2,
+    summed over ``batches``, with the model in eval mode (its BN statistics as they will be used)."""
+    model = copy.deepcopy(model).eval().requires_grad_(True)
+    convs = {name: weight for name, weight in model.named_parameters() if weight.dim() == 4}
+    saliency = {name: torch.zeros(weight.shape[0]) for name, weight in convs.items()}
+    seen = 0
+    for images, labels in batches:
+        gradients = torch.autograd.grad(F.cross_entropy(model(images), labels), list(convs.values()))
+        for (name, weight), gradient in zip(convs.items(), gradients):
+            saliency[name] += (weight.detach() * gradient).flatten(1).sum(1).square()
+        seen += 1
+    if not seen:
+        raise ConfigError("the taylor criterion got no training images to measure the loss on")
+    return saliency
+
+
+def _prune_inner_channels(score: Callable[[str], torch.Tensor], state: dict[str, torch.Tensor], model: ResNet,
+                          widths: tuple[tuple[int, ...], ...], criterion: str) -> None:
+    for stage, stage_name in enumerate(model.stage_names):
+        for index, width in enumerate(widths[stage]):
+            prefix = f"{stage_name}.{index}."
+            for maker, norm, reader in INNER_CHANNELS[model.config.block]:
+                scores = score(prefix + (norm if criterion == "bn-gamma" else maker) + ".weight")
+                kept = scores.topk(width).indices.sort().values
+                state[prefix + maker + ".weight"] = state[prefix + maker + ".weight"][kept]
+                for tensor in BN_TENSORS:
+                    state[f"{prefix}{norm}.{tensor}"] = state[f"{prefix}{norm}.{tensor}"][kept]
+                state[prefix + reader + ".weight"] = state[prefix + reader + ".weight"][:, kept]
+
+
+def _prune_stream(score: Callable[[str], torch.Tensor], state: dict[str, torch.Tensor], model: ResNet,
+                  widths: tuple[int, ...], criterion: str) -> None:
+    segments = stream_tensors(model)
+    role = "norm" if criterion == "bn-gamma" else "writer"
+
+    def scores(segment: int) -> torch.Tensor:
+        """Each channel's scores summed over the filters that write it, or over the BNs on it."""
+        return sum(score(tensor.name) for tensor in segments[segment]
+                   if tensor.role == role and (role == "writer" or tensor.name.endswith(".weight")))
+
+    layout = _stream_layout(model.config)
+    kept: list[torch.Tensor] = []
+    nominal_width = 0
+    for segment, (inherited, new) in enumerate(layout):
+        start = nominal_width if inherited else 0
+        nominal_width = start + new
+        own = slice(start, nominal_width)
+        # A channel is one channel for every later segment that carries it on: rank it by all of them.
+        carried_by = [segment]
+        while carried_by[-1] + 1 < len(layout) and layout[carried_by[-1] + 1][0]:
+            carried_by.append(carried_by[-1] + 1)
+        worth = sum(scores(later)[own] for later in carried_by)
+        count = widths[segment] - (len(kept[-1]) if inherited else 0)
+        chosen = worth.topk(count).indices.sort().values + start
+        kept.append(torch.cat([kept[-1], chosen]) if inherited else chosen)
+    for segment, tensors in enumerate(segments):
+        for tensor in tensors:
+            state[tensor.name] = state[tensor.name].index_select(tensor.dim, kept[segment])
 
 
 def _meta(config) -> ResNet:

@@ -31,6 +31,9 @@ class ResNetConfig:
     width_per_group: int = 64  # 3x3 width = channels * width_per_group / 64 * groups
     # Per-block inner widths, one tuple per stage; overrides groups/width_per_group (pruned networks).
     mid_channels: tuple[tuple[int, ...], ...] | None = None
+    # The residual stream's width after the stem and after each stage; overrides stem_channels and
+    # channels * expansion (pruned networks). The shortcuts keep the kinds those nominal widths give.
+    stream_channels: tuple[int, ...] | None = None
     stride_in_1x1: bool = False  # True: original v1, stride on the first 1x1; False: v1.5
     attention: str | None = None  # None | "se"
     # 3x3 convs that become deformable: True means every stage but the first (DCNv2 puts them
@@ -47,6 +50,8 @@ class ResNetConfig:
         object.__setattr__(self, "channels", tuple(self.channels))
         if self.mid_channels is not None:
             object.__setattr__(self, "mid_channels", tuple(tuple(stage) for stage in self.mid_channels))
+        if self.stream_channels is not None:
+            object.__setattr__(self, "stream_channels", tuple(self.stream_channels))
         if not isinstance(self.deformable, bool):
             object.__setattr__(self, "deformable", tuple(self.deformable))
         self._validate()
@@ -78,6 +83,8 @@ class ResNetConfig:
         if self.mid_channels is not None and (
                 tuple(len(stage) for stage in self.mid_channels) != self.layers):
             fail(f"mid_channels needs one width per block: {list(self.layers)} blocks per stage")
+        if self.stream_channels is not None:
+            self._validate_stream_channels(fail)
         if self.in_chans < 1 or self.num_classes < 0:
             fail("in_chans must be >= 1 and num_classes >= 0 (0 removes the classifier)")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -86,6 +93,33 @@ class ResNetConfig:
         if bad_stages:
             fail(f"deformable stages {sorted(bad_stages)} do not exist; "
                  f"stages are numbered 1..{len(self.layers)}")
+
+    def _validate_stream_channels(self, fail) -> None:
+        widths = self.stream_channels
+        if len(widths) != len(self.layers) + 1 or min(widths) < 1:
+            fail(f"stream_channels needs {len(self.layers) + 1} positive widths: the stem's, then one per stage")
+        for stage in range(len(self.layers)):
+            before, after = widths[stage], widths[stage + 1]
+            shortcut = self.entry_shortcut(stage)
+            if shortcut is None and after != before:
+                fail(f"stage {stage + 1} starts with an identity shortcut, so its stream width must equal the "
+                     f"one before it ({before}), not {after}")
+            if shortcut == "zero_pad" and after < before:
+                fail(f"stage {stage + 1} zero-pads its shortcut, so its stream width cannot shrink "
+                     f"({before} -> {after})")
+
+    def entry_shortcut(self, stage: int) -> str | None:
+        """The shortcut of a 0-based stage's first block: None (identity), "zero_pad" or "projection".
+
+        Decided by the nominal widths (stem_channels, channels), so pruning never changes it.
+        """
+        before = self.stem_channels if stage == 0 else self.channels[stage - 1] * self.block_type.expansion
+        after = self.channels[stage] * self.block_type.expansion
+        if stage == 0 and before == after:
+            return None
+        if self.shortcut == "zero_pad" and after >= before:
+            return "zero_pad"
+        return "projection"
 
     @property
     def block_type(self) -> type[nn.Module]:
@@ -108,7 +142,13 @@ class ResNetConfig:
         return (width,) * self.layers[stage]
 
     @property
+    def stem_out_channels(self) -> int:
+        return self.stem_channels if self.stream_channels is None else self.stream_channels[0]
+
+    @property
     def stage_out_channels(self) -> tuple[int, ...]:
+        if self.stream_channels is not None:
+            return self.stream_channels[1:]
         return tuple(c * self.block_type.expansion for c in self.channels)
 
     @property
@@ -137,22 +177,22 @@ class ResNet(nn.Module):
         preact = config.block_type.preact
 
         if config.stem == "imagenet":
-            self.conv1 = nn.Conv2d(config.in_chans, config.stem_channels, 7, stride=2, padding=3, bias=False)
+            self.conv1 = nn.Conv2d(config.in_chans, config.stem_out_channels, 7, stride=2, padding=3, bias=False)
         else:
-            self.conv1 = nn.Conv2d(config.in_chans, config.stem_channels, 3, stride=1, padding=1, bias=False)
+            self.conv1 = nn.Conv2d(config.in_chans, config.stem_out_channels, 3, stride=1, padding=1, bias=False)
         # A pre-activation network normalises inside its first block instead.
-        self.bn1 = None if preact else nn.BatchNorm2d(config.stem_channels)
+        self.bn1 = None if preact else nn.BatchNorm2d(config.stem_out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem == "imagenet" else None
         stem_stride = self.conv1.stride[0]
 
         # Where each stage's output lives, its width and its stride w.r.t. the input (as timm).
-        self.feature_info: list[dict] = [dict(num_chs=config.stem_channels, reduction=stem_stride,
+        self.feature_info: list[dict] = [dict(num_chs=config.stem_out_channels, reduction=stem_stride,
                                               module="conv1" if preact else "relu")]
         self.stage_names: list[str] = []
         total_blocks = sum(config.layers)
         block_index = 0
-        in_channels = config.stem_channels
+        in_channels = config.stem_out_channels
         reduction = stem_stride * (2 if self.maxpool is not None else 1)
         for stage, (num_blocks, out_channels) in enumerate(zip(config.layers, config.stage_out_channels)):
             stride = 1 if stage == 0 else 2
@@ -166,7 +206,8 @@ class ResNet(nn.Module):
                     mid_channels=mids[i],
                     out_channels=out_channels,
                     stride=block_stride,
-                    shortcut=self._shortcut(in_channels, out_channels, block_stride),
+                    shortcut=self._shortcut(config.entry_shortcut(stage) if i == 0 else None,
+                                            in_channels, out_channels, block_stride),
                     groups=config.groups,
                     stride_in_1x1=config.stride_in_1x1,
                     attention=config.attention,
@@ -187,10 +228,10 @@ class ResNet(nn.Module):
         self.fc: nn.Module = nn.Linear(in_channels, config.num_classes) if config.num_classes else nn.Identity()
         self._init_weights()
 
-    def _shortcut(self, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
-        if stride == 1 and in_channels == out_channels:
+    def _shortcut(self, kind: str | None, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+        if kind is None:
             return None
-        if self.config.shortcut == "zero_pad" and out_channels >= in_channels:
+        if kind == "zero_pad":
             return ZeroPadShortcut(in_channels, out_channels, stride)
         if self.config.block_type.preact:
             return nn.Sequential(conv1x1(in_channels, out_channels, stride))

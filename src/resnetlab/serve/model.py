@@ -19,7 +19,7 @@ from ..preprocessing import Preprocessing
 @dataclass
 class ImageOutput:
     probabilities: torch.Tensor | None  # (num_classes,) softmax; None for a model without a classifier
-    embedding: torch.Tensor | None  # (D,) unit length, as `resnetlab embed`; None for an ONNX graph
+    embedding: torch.Tensor | None  # (D,) unit length, as `resnetlab embed`; None for a graph file
 
 
 class _PooledFeatures(nn.Module):
@@ -38,10 +38,10 @@ class ServedModel:
 
     def __init__(self, checkpoint: str | Path, backend: str = "auto"):
         path = Path(checkpoint)
-        if model_file_format(path) == "onnx":
-            self._load_graph(path)
-        else:
+        if model_file_format(path) == "safetensors":
             self._load_weights(path, backend)
+        else:
+            self._load_graph(path)
         if self.in_chans != 3:
             raise CheckpointError(f"{path.name} takes {self.in_chans}-channel input; the service decodes "
                                   "uploads to RGB, so it serves 3-channel models only")
@@ -76,7 +76,7 @@ class ServedModel:
         from ..deployed import load_deployed
 
         deployed = load_deployed(path)
-        self.format, self.arch, self.precision = "onnx", deployed.arch, deployed.precision
+        self.format, self.arch, self.precision = deployed.format, deployed.arch, deployed.precision
         self.class_names, self.num_classes = deployed.class_names, deployed.num_classes
         self.preprocessing = deployed.preprocessing
         self.embedding_dim = None  # an exported graph ends at the logits
