@@ -103,7 +103,7 @@ def test_num_classes_zero_returns_embeddings():
     ({"drop_path_rate": 1.5}, "drop_path_rate must be in [0, 1)"),
     ({"layers": (2, 2)}, "must list the same number of stages"),
     ({"block": "fancy"}, "unknown block 'fancy'"),
-    ({"mid_channels": ((64,),)}, "mid_channels needs one width per block"),
+    ({"mid_channels": ((64,),)}, "mid_channels needs one positive whole width per block"),
 ])
 def test_bad_options_raise_a_clear_error(options, message):
     with pytest.raises(ConfigError) as error:

@@ -7,7 +7,7 @@ from torch import nn
 
 from resnetlab import count_macs, count_parameters, create_model, load_model, load_weights, save_weights
 from resnetlab.cli import main
-from resnetlab.compress.prune import INNER_CHANNELS, prune_model, stream_tensors
+from resnetlab.compress.prune import BN_TENSORS, INNER_CHANNELS, prune_model, stream_tensors
 from resnetlab.errors import ConfigError
 from subsets import cifar_subset
 
@@ -18,7 +18,13 @@ PRUNINGS = [("cifar_resnet20", False), ("resnet50", False), ("preact_resnet18", 
 
 
 def kill_three_quarters(model: nn.Module) -> nn.Module:
-    """Make 3 of every 4 channels of the residual stream, and of each block's inside, exactly zero."""
+    """Make 3 of every 4 channels of the residual stream, and of each block's inside, carry nothing.
+
+    The filters that make a dead channel and the BN scales on it shrink a millionfold, each by a
+    random factor of its own, and its BN shifts go to zero: every layer then ranks its dead channels
+    in an order of its own, so a stream ranked apart from what a shortcut ties it to keeps other
+    dead channels there, and the live ones no longer line up in the additions.
+    """
     torch.manual_seed(0)
     with torch.no_grad():
         for bn in (module for module in model.modules() if isinstance(module, nn.BatchNorm2d)):
@@ -27,18 +33,22 @@ def kill_three_quarters(model: nn.Module) -> nn.Module:
             bn.running_mean.uniform_(-0.1, 0.1)
             bn.running_var.uniform_(0.8, 1.2)
         state = model.state_dict()
-        for stage in model.stages:
-            for block in stage:
+        dying = []  # (state-dict key, the dimension along the channels)
+        for stage_name, stage in zip(model.stage_names, model.stages):
+            for index in range(len(stage)):
                 for maker, norm, _ in INNER_CHANNELS[model.config.block]:
-                    conv, bn = getattr(block, maker), getattr(block, norm)
-                    dead = torch.arange(conv.out_channels) % 4 != 0
-                    conv.weight[dead] = 0
-                    bn.weight[dead], bn.bias[dead], bn.running_mean[dead] = 0, 0, 0
-        for segment in stream_tensors(model):  # what writes or normalises a stream channel: zero it
-            for tensor in segment:
-                if tensor.role != "reader" and not tensor.name.endswith("running_var"):
-                    dead = torch.arange(state[tensor.name].shape[tensor.dim]) % 4 != 0
-                    state[tensor.name].index_fill_(tensor.dim, dead.nonzero().flatten(), 0)
+                    prefix = f"{stage_name}.{index}."
+                    dying += [(prefix + maker + ".weight", 0)] + [(f"{prefix}{norm}.{name}", 0) for name in BN_TENSORS]
+        dying += [(tensor.name, tensor.dim) for segment in stream_tensors(model) for tensor in segment
+                  if tensor.role != "reader"]
+        for name, dim in dying:
+            channels = state[name].movedim(dim, 0)
+            dead = torch.arange(len(channels)) % 4 != 0
+            if name.endswith(("bias", "running_mean")):
+                channels[dead] = 0
+            elif not name.endswith("running_var"):
+                shrink = 1e-6 * torch.rand(int(dead.sum()))
+                channels[dead] *= shrink.view(-1, *[1] * (channels.dim() - 1))
     return model.eval()
 
 
@@ -108,7 +118,8 @@ def test_taylor_scores_are_the_first_order_loss_change_of_each_channel():
 
 
 @pytest.mark.parametrize("streams, message", [
-    ((16, 16, 32), "stream_channels needs 4 positive widths"),
+    ((16, 16, 32), "stream_channels needs 4 positive whole widths"),
+    ((16, 16, 32.5, 64), "stream_channels needs 4 positive whole widths"),
     ((16, 12, 32, 64), "stage 1 starts with an identity shortcut, so its stream width must equal the one before"),
     ((16, 16, 12, 64), "stage 2 zero-pads its shortcut, so its stream width cannot shrink"),
 ])

@@ -11,7 +11,7 @@ import torch
 from resnetlab import load_model
 from resnetlab.cli import main
 from resnetlab.compress.qat import finetune, fp32_distillation, prepare_qat, save_qat_model
-from resnetlab.compress.quantize import BACKENDS, calibration_batches, int8_metadata
+from resnetlab.compress.quantize import BACKENDS, calibration_batches, calibration_paths, int8_metadata
 from resnetlab.config import DataConfig, OptimConfig
 from resnetlab.data.loaders import build_loaders
 from resnetlab.deployed import load_deployed
@@ -46,6 +46,13 @@ def real_images(cifar_classifier, cifar_eval):
     model = load_model(cifar_classifier)
     return torch.cat([torch.cat(calibration_batches(model, folder, 30))
                       for folder in sorted((cifar_eval / "test").iterdir())])
+
+
+def test_calibration_images_are_spread_over_every_class(cifar_eval):
+    # 50 of the 200 training images (20 a class): the first 50 files would be of three classes only.
+    paths = calibration_paths(cifar_eval / "train", 50)
+    assert len(set(paths)) == 50
+    assert {path.parent.name for path in paths} == {folder.name for folder in (cifar_eval / "train").iterdir()}
 
 
 def agreement(model, reference, images: torch.Tensor) -> float:

@@ -14,6 +14,8 @@ import torch
 from .errors import CheckpointError, ConfigError
 from .preprocessing import Preprocessing
 
+FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript"}  # suffix -> format
+
 
 @dataclass
 class DeployedModel:
@@ -51,9 +53,6 @@ def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu") -
     if device.type != "cpu":
         raise ConfigError(f"{path.suffix} models run on the CPU here, not {device}")
     return _onnx(path, device) if format == "onnx" else _torchscript(path, device)
-
-
-FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript"}
 
 
 def model_file_format(path: Path) -> str:

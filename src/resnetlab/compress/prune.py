@@ -137,7 +137,7 @@ def prune_model(model: ResNet, target_macs: float, criterion: str = "l1", keep_s
     pruned = ResNet(config, arch=model.arch)
     pruned.load_state_dict(state)
     pruned.class_names, pruned.preprocessing = model.class_names, model.preprocessing
-    return pruned
+    return pruned.train(model.training)
 
 
 def width_options(config: ResNetConfig) -> dict:
@@ -189,7 +189,7 @@ def _stream_layout(config: ResNetConfig) -> list[tuple[bool, int]]:
     nominal = (config.stem_channels, *(c * config.block_type.expansion for c in config.channels))
     layout = [(False, nominal[0])]
     for stage in range(len(config.layers)):
-        inherited = config.entry_shortcut(stage) is not None and config.entry_shortcut(stage) != "projection"
+        inherited = config.entry_shortcut(stage) != "projection"  # identity (None) or zero_pad
         layout.append((inherited, nominal[stage + 1] - (nominal[stage] if inherited else 0)))
     return layout
 
@@ -211,7 +211,7 @@ def _taylor_saliency(model: ResNet, batches) -> dict[str, torch.Tensor]:
     summed over ``batches``, with the model in eval mode (its BN statistics as they will be used)."""
     model = copy.deepcopy(model).eval().requires_grad_(True)
     convs = {name: weight for name, weight in model.named_parameters() if weight.dim() == 4}
-    saliency = {name: torch.zeros(weight.shape[0]) for name, weight in convs.items()}
+    saliency = {name: torch.zeros(weight.shape[0], device=weight.device) for name, weight in convs.items()}
     seen = 0
     for images, labels in batches:
         gradients = torch.autograd.grad(F.cross_entropy(model(images), labels), list(convs.values()))

@@ -54,7 +54,7 @@ def quantization_aware_training(model: ResNet, data: str, out: str | Path, backe
         raise ConfigError(f"QAT needs at least 1 epoch and a batch of at least 1, not {epochs} and {batch_size}")
     optim = OptimConfig(lr=lr)  # the recipe's SGD; validates lr
     train_loader, _, info = build_loaders(DataConfig(data=data, batch_size=batch_size), model.preprocessing)
-    if model.class_names and list(info.class_names) != list(model.class_names) \
+    if (model.class_names and list(info.class_names) != list(model.class_names)) \
             or info.num_classes != model.config.num_classes:
         raise DataError(f"{data} has the classes {', '.join(info.class_names)}; the model was trained on "
                         f"{', '.join(model.class_names or map(str, range(model.config.num_classes)))}. "

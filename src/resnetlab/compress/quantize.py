@@ -54,10 +54,7 @@ CALIBRATION_BATCH = 16
 
 def calibration_batches(model: ResNet, folder: str | Path, limit: int) -> list[torch.Tensor]:
     """Up to ``limit`` readable images under ``folder`` (any layout), as the model's normalised input."""
-    if not Path(folder).is_dir():
-        raise DataError(f"{folder} is not a folder; calibrate with a folder of real images like those the "
-                        "model will see (a few hundred is plenty)")
-    paths = image_paths([folder])[:limit]  # an empty folder is an error there
+    paths = calibration_paths(folder, limit)
     crops = []
     for path in paths:
         try:
@@ -68,6 +65,16 @@ def calibration_batches(model: ResNet, folder: str | Path, limit: int) -> list[t
         raise DataError(f"none of the {len(paths)} files under {folder} could be read as images")
     images = normalize(torch.stack(crops), model.preprocessing)
     return list(images.split(CALIBRATION_BATCH))
+
+
+def calibration_paths(folder: str | Path, limit: int) -> list[Path]:
+    """``limit`` image files spread evenly over ``folder``'s sorted files: a folder of class folders
+    gives every class its share, where the first ``limit`` files would all be of the first class."""
+    if not Path(folder).is_dir():
+        raise DataError(f"{folder} is not a folder; calibrate with a folder of real images like those the "
+                        "model will see (a few hundred is plenty)")
+    paths = image_paths([folder])  # an empty folder is an error there
+    return [paths[index] for index in torch.linspace(0, len(paths) - 1, min(limit, len(paths))).round().long()]
 
 
 def check_backend(backend: str, out: Path, model: ResNet | None = None) -> None:
@@ -84,7 +91,7 @@ def check_backend(backend: str, out: Path, model: ResNet | None = None) -> None:
         kind = "a TorchScript" if backend == "x86" else "an ONNX"
         raise ConfigError(f"--backend {backend} writes {kind} file: give --out a path ending in "
                           f"{BACKENDS[backend]}, not {out.name}")
-    if model is not None and getattr(model.config, "deformable", False):
+    if model is not None and model.config.deformable_stages:
         raise ConfigError("INT8 quantization has no kernels or converter for torchvision's deform_conv2d; "
                           "deploy a deformable model in fp32 (resnetlab export)")
 
@@ -99,7 +106,7 @@ def quantize_model(model: ResNet, calibration: list[torch.Tensor], out: str | Pa
     """Write ``out``: ``model`` with INT8 weights and activations for ``backend``, with its metadata.
 
     ``method`` chooses how ONNX Runtime sets activation ranges (default minmax); NNCF and PyTorch
-    use their own (bias-corrected min-max, and histograms).
+    use their own (min-max without bias correction, and histograms).
     """
     out = Path(out)
     check_backend(backend, out, model)

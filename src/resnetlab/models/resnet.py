@@ -81,8 +81,9 @@ class ResNetConfig:
         if self.block_type.preact and self.attention is not None:
             fail("attention is not available for pre-activation blocks; use a post-activation block")
         if self.mid_channels is not None and (
-                tuple(len(stage) for stage in self.mid_channels) != self.layers):
-            fail(f"mid_channels needs one width per block: {list(self.layers)} blocks per stage")
+                tuple(len(stage) for stage in self.mid_channels) != self.layers
+                or not all(isinstance(w, int) and w >= 1 for stage in self.mid_channels for w in stage)):
+            fail(f"mid_channels needs one positive whole width per block: {list(self.layers)} blocks per stage")
         if self.stream_channels is not None:
             self._validate_stream_channels(fail)
         if self.in_chans < 1 or self.num_classes < 0:
@@ -96,8 +97,8 @@ class ResNetConfig:
 
     def _validate_stream_channels(self, fail) -> None:
         widths = self.stream_channels
-        if len(widths) != len(self.layers) + 1 or min(widths) < 1:
-            fail(f"stream_channels needs {len(self.layers) + 1} positive widths: the stem's, then one per stage")
+        if len(widths) != len(self.layers) + 1 or not all(isinstance(w, int) and w >= 1 for w in widths):
+            fail(f"stream_channels needs {len(self.layers) + 1} positive whole widths: the stem's, then one per stage")
         for stage in range(len(self.layers)):
             before, after = widths[stage], widths[stage + 1]
             shortcut = self.entry_shortcut(stage)
