@@ -186,7 +186,7 @@ def stream_tensors(model: ResNet) -> list[list[StreamTensor]]:
 def _stream_layout(config: ResNetConfig) -> list[tuple[bool, int]]:
     """Per segment: whether it carries on the previous segment's channels (an identity or zero-padding
     shortcut joins them, as its first channels), and how many channels of its own it adds."""
-    nominal = (config.stem_channels, *(c * config.block_type.expansion for c in config.channels))
+    nominal = config.nominal_stream_channels
     layout = [(False, nominal[0])]
     for stage in range(len(config.layers)):
         inherited = config.entry_shortcut(stage) != "projection"  # identity (None) or zero_pad
@@ -248,17 +248,17 @@ def _prune_stream(score: Callable[[str], torch.Tensor], state: dict[str, torch.T
                    if tensor.role == role and (role == "writer" or tensor.name.endswith(".weight")))
 
     layout = _stream_layout(model.config)
+    nominal = model.config.nominal_stream_channels
+    segment_scores = [scores(segment) for segment in range(len(layout))]
     kept: list[torch.Tensor] = []
-    nominal_width = 0
     for segment, (inherited, new) in enumerate(layout):
-        start = nominal_width if inherited else 0
-        nominal_width = start + new
-        own = slice(start, nominal_width)
+        start = nominal[segment - 1] if inherited else 0
+        own = slice(start, start + new)
         # A channel is one channel for every later segment that carries it on: rank it by all of them.
         carried_by = [segment]
         while carried_by[-1] + 1 < len(layout) and layout[carried_by[-1] + 1][0]:
             carried_by.append(carried_by[-1] + 1)
-        worth = sum(scores(later)[own] for later in carried_by)
+        worth = sum(segment_scores[later][own] for later in carried_by)
         count = widths[segment] - (len(kept[-1]) if inherited else 0)
         chosen = worth.topk(count).indices.sort().values + start
         kept.append(torch.cat([kept[-1], chosen]) if inherited else chosen)

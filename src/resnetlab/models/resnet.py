@@ -114,8 +114,7 @@ class ResNetConfig:
 
         Decided by the nominal widths (stem_channels, channels), so pruning never changes it.
         """
-        before = self.stem_channels if stage == 0 else self.channels[stage - 1] * self.block_type.expansion
-        after = self.channels[stage] * self.block_type.expansion
+        before, after = self.nominal_stream_channels[stage:stage + 2]
         if stage == 0 and before == after:
             return None
         if self.shortcut == "zero_pad" and after >= before:
@@ -143,14 +142,18 @@ class ResNetConfig:
         return (width,) * self.layers[stage]
 
     @property
+    def nominal_stream_channels(self) -> tuple[int, ...]:
+        """The stream's width after the stem and after each stage, unpruned: stem_channels, then
+        channels * expansion."""
+        return (self.stem_channels, *(c * self.block_type.expansion for c in self.channels))
+
+    @property
     def stem_out_channels(self) -> int:
-        return self.stem_channels if self.stream_channels is None else self.stream_channels[0]
+        return (self.stream_channels or self.nominal_stream_channels)[0]
 
     @property
     def stage_out_channels(self) -> tuple[int, ...]:
-        if self.stream_channels is not None:
-            return self.stream_channels[1:]
-        return tuple(c * self.block_type.expansion for c in self.channels)
+        return (self.stream_channels or self.nominal_stream_channels)[1:]
 
     @property
     def preprocessing(self) -> Preprocessing:
