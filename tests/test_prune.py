@@ -65,12 +65,38 @@ def test_pruning_dead_channels_leaves_the_outputs_unchanged(name, keep_stream, c
     pruned = prune_model(model, target_macs=0.5, criterion=criterion, keep_stream=keep_stream,
                          batches=batches).eval()
     assert (pruned.config.stream_channels is None) == keep_stream
-    images = torch.randn(2, 3, size, size)
-    with torch.no_grad():
-        expected, got = model(images), pruned(images)
-    assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
+    assert_same_outputs(model, pruned, size)
     assert count_macs(pruned) <= 0.5 * count_macs(model)
     assert count_parameters(pruned) < 0.6 * count_parameters(model)
+
+
+def assert_same_outputs(model: nn.Module, pruned: nn.Module, size: int) -> None:
+    images = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        expected, got = model(images), pruned.eval()(images)
+    assert (got - expected).abs().max().item() < 1e-4 * max(1.0, expected.abs().max().item())
+
+
+@pytest.mark.parametrize("name, keep_stream, multiple", [
+    ("cifar_resnet56", False, 8), ("cifar_preact_resnet164", False, 8), ("resnet50", False, 16),
+    ("resnet50", True, 16)])
+def test_pruned_widths_round_to_the_multiple_asked(name, keep_stream, multiple):
+    # Rounded widths keep at least the live quarter of each layer, so the outputs must not change.
+    model = kill_three_quarters(create_model(name, num_classes=10, zero_init_residual=False))
+    pruned = prune_model(model, 0.5, keep_stream=keep_stream, multiple=multiple)
+    widths = [width for stage in pruned.config.mid_channels for width in stage]
+    widths += [] if keep_stream else list(pruned.config.stream_channels)
+    assert all(width % multiple == 0 for width in widths) and len(set(widths)) > 1
+    assert count_macs(pruned) <= 0.5 * count_macs(model)
+    assert_same_outputs(model, pruned, 32 if name.startswith("cifar") else 64)
+
+
+def test_a_multiple_too_coarse_for_the_target_is_refused():
+    # cifar_resnet20's first stage is 16 channels wide: rounded to 16, it cannot shrink at all.
+    with pytest.raises(ConfigError, match="keeps 60% of its MACs with 16 channels per layer"):
+        prune_model(create_model("cifar_resnet20", num_classes=10), 0.5, keep_stream=True, multiple=16)
+    with pytest.raises(ConfigError, match="round to a multiple of at least 1, not 0"):
+        prune_model(create_model("cifar_resnet20", num_classes=10), 0.5, multiple=0)
 
 
 @pytest.mark.parametrize("keep_stream", [False, True])
@@ -144,12 +170,15 @@ def test_prune_command_fine_tunes_on_real_data(cifar_classifier, cifar10_root, t
     data = cifar_subset(cifar10_root, tmp_path / "data", train_per_class=100, test_per_class=50)
     out = tmp_path / "pruned"
     assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--target-macs", "0.5",
-                 "--criterion", "taylor", "--finetune-epochs", "2", "--batch-size", "32", "--out", str(out)]) == 0
+                 "--criterion", "taylor", "--finetune-epochs", "2", "--batch-size", "32", "--precision", "bf16",
+                 "--round-to", "8", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "pruned to 0.5 of its MACs" in printed and "prune (before training)" in printed
     original, tuned = load_model(cifar_classifier), load_model(out / "1-prune" / "finetune" / "best.safetensors")
     assert count_macs(tuned) <= 0.5 * count_macs(original)
+    assert all(width % 8 == 0 for width in tuned.config.stream_channels)
     assert tuned.class_names == original.class_names
+    assert "precision: bf16" in (out / "1-prune" / "finetune" / "config.yaml").read_text()
     assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--out", str(out)]) == 2
     assert "already holds a compression report" in capsys.readouterr().err
 

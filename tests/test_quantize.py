@@ -137,6 +137,7 @@ def test_onnx_runtime_runs_the_qat_file_with_int8_kernels(qat_prepared, tmp_path
     onnxruntime.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
     ops = [node.op_type for node in onnx.load(str(tmp_path / "as_run.onnx")).graph.node]
     assert ops.count("QLinearConv") == 19 and "Conv" not in ops  # cifar_resnet20's 19 convolutions, all INT8
+    assert ops.count("QLinearAdd") == 9 and "Add" not in ops  # and its 9 residual additions
 
 
 def test_qat_on_the_command_line_for_x86(cifar_classifier, cifar_eval, real_images, tmp_path, capsys):

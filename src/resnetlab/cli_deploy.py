@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
+ROUND_TO = 1  # prune: pruned widths are multiples of this many channels
 
 
 def add_export_parser(commands) -> None:
@@ -57,12 +58,28 @@ def add_export_parser(commands) -> None:
                             "its removal causes on 256 training images, to first order (default l1)")
     prune.add_argument("--keep-stream", action="store_true",
                        help="prune each block's inner channels only; keep the residual stream whole")
+    add_round_to_argument(prune)
     prune.add_argument("--finetune-epochs", type=int, default=5, help="0 skips fine-tuning (default 5)")
     prune.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak lr (default 0.01)")
     prune.add_argument("--batch-size", type=int, default=128)
+    add_precision_argument(prune)
     prune.add_argument("--out", type=Path, help="run directory (default: beside the checkpoint, pruned-<target>)")
     prune.set_defaults(run=cmd_prune)
     add_compress_parser(commands)
+
+
+def add_round_to_argument(parser) -> None:
+    parser.add_argument("--round-to", type=int, default=ROUND_TO, metavar="N",
+                        help="prune: make every pruned width a multiple of N channels, which keeps CPU vector "
+                             f"registers full (default {ROUND_TO}; 1: exact widths)")
+
+
+def add_precision_argument(parser) -> None:
+    from .config import PRECISIONS
+
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="of the training, as in train: bf16 is about twice as fast as fp32 on CPUs with "
+                             "native bf16 (default auto: bf16 on GPUs that have it, fp32 on CPUs)")
 
 
 def cmd_export(args: argparse.Namespace, console) -> None:
@@ -145,7 +162,9 @@ def cmd_prune(args: argparse.Namespace, console) -> None:
     from .compress.chain import ChainSettings, compress
 
     settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, keep_stream=args.keep_stream,
-                             epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size)
+                             channel_multiple=args.round_to,
+                             epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
+                             precision=args.precision)
     out = args.out or args.checkpoint.parent / f"pruned-{args.target_macs:g}"
     records = compress(args.checkpoint, args.data, ["prune"], out, settings)
     print_records(records, f"pruned to {args.target_macs:g} of its MACs", console)
@@ -166,10 +185,12 @@ def add_compress_parser(commands) -> None:
     chain.add_argument("--criterion", default="l1", choices=["l1", "bn-gamma", "taylor"],
                        help="prune: channel ranking")
     chain.add_argument("--keep-stream", action="store_true", help="prune: inner channels only, the stream whole")
+    add_round_to_argument(chain)
     chain.add_argument("--student", help="distill without prune: the architecture to train")
     chain.add_argument("--epochs", type=int, default=5, help="training after pruning / of the student (default 5)")
     chain.add_argument("--lr", type=float, default=0.01)
     chain.add_argument("--batch-size", type=int, default=128)
+    add_precision_argument(chain)
     chain.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the soft targets")
     chain.add_argument("--temperature", type=float, default=4.0, help="distill: softening temperature")
     chain.add_argument("--calib-images", type=int, default=256, help="quantize: calibration images")
@@ -180,8 +201,10 @@ def cmd_compress(args: argparse.Namespace, console) -> None:
     from .compress.chain import ChainSettings, compress
 
     settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, keep_stream=args.keep_stream,
+                             channel_multiple=args.round_to,
                              student=args.student, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                             alpha=args.alpha, temperature=args.temperature, calib_images=args.calib_images)
+                             alpha=args.alpha, temperature=args.temperature, calib_images=args.calib_images,
+                             precision=args.precision)
     steps = [step.strip() for step in args.steps.split(",") if step.strip()]
     records = compress(args.checkpoint, args.data, steps, args.out, settings)
     print_records(records, " -> ".join(["original", *steps]), console)

@@ -38,10 +38,12 @@ class ChainSettings:
     target_macs: float = 0.5  # prune: fraction of the MACs to keep
     criterion: str = "l1"  # prune: how channels are ranked
     keep_stream: bool = False  # prune: inner channels only, the residual stream whole
+    channel_multiple: int = 1  # prune: every pruned width a multiple of this many channels
     student: str | None = None  # distill without prune: the architecture to train (with prune: the pruned net)
     epochs: int = 5  # training after pruning (0: none), or of the student
     lr: float = 0.01
     batch_size: int = 128
+    precision: str = "auto"  # of the training after pruning / of the student; as train --precision
     alpha: float = 0.5  # distill: weight of the teacher's soft targets
     temperature: float = 4.0
     calib_images: int = 256  # quantize: real images from the data's train split
@@ -88,7 +90,8 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
         if step == "prune":
             model = load_model(current).eval()
             batches = _loss_batches(model, data) if settings.criterion == "taylor" else None
-            pruned = prune_model(model, settings.target_macs, settings.criterion, settings.keep_stream, batches)
+            pruned = prune_model(model, settings.target_macs, settings.criterion, settings.keep_stream, batches,
+                                 settings.channel_multiple)
             current, macs = save_weights(pruned, folder / "pruned.safetensors"), count_macs(pruned)
             records.append(measure_file("prune (before training)", current, data, macs))
             if "distill" in steps or settings.epochs == 0:
@@ -124,7 +127,7 @@ def _train(start: Path | None, data: str, out: Path, settings: ChainSettings, te
         optim=OptimConfig(lr=settings.lr), schedule=ScheduleConfig(name="cosine"),
         distill=DistillConfig(teacher=str(teacher) if teacher else None, alpha=settings.alpha,
                               temperature=settings.temperature),
-        epochs=settings.epochs, out=str(out))
+        epochs=settings.epochs, precision=settings.precision, out=str(out))
     train(config)
     return out / BEST_WEIGHTS
 

@@ -123,6 +123,7 @@ def save_qat_model(prepared: torch.fx.GraphModule, example: torch.Tensor, out: P
     with quiet_quantization():
         graph = onnx.load_from_string(onnx_bytes(prepared, example))
     _store_int8_weights(graph)
+    _scalar_quantization_parameters(graph)
     save_onnx(graph, out, metadata)
     return out
 
@@ -163,6 +164,34 @@ def _store_int8_weights(graph) -> None:
             np.clip(quantized, limits.min, limits.max).astype(zero_point.dtype), node.output[0]))
         graph.graph.node.remove(node)
     _drop_unused(graph)
+
+
+def _scalar_quantization_parameters(graph) -> None:
+    """Store each one-element scale and zero point of a QuantizeLinear / DequantizeLinear as a scalar.
+
+    The exporter writes FakeQuantize's one-element tensors, and ONNX Runtime fuses a residual
+    addition into INT8 (QLinearAdd) only when they are scalars, as the post-training graphs have
+    them: with tensors, each addition ran in fp32 between a dequantization and a quantization.
+    """
+    from onnx import numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    forwarded = {node.output[0]: node.input[0] for node in graph.graph.node
+                 if node.op_type == "Identity" and node.input[0] in initializers}
+    for node in graph.graph.node:
+        for index, name in enumerate(node.input):
+            node.input[index] = forwarded.get(name, name)  # read the constant itself, not its copy
+    _drop_unused(graph)  # the copies
+    slots: dict[str, set] = {}
+    for node in graph.graph.node:
+        for index, name in enumerate(node.input):
+            slots.setdefault(name, set()).add((node.op_type, index))
+    for name, tensor in initializers.items():
+        value = numpy_helper.to_array(tensor)
+        read_as = slots.get(name, set())
+        if value.shape == (1,) and read_as and all(op in ("QuantizeLinear", "DequantizeLinear") and index in (1, 2)
+                                                   for op, index in read_as):
+            tensor.CopyFrom(numpy_helper.from_array(value.reshape(()), name))
 
 
 def _drop_unused(graph) -> None:
