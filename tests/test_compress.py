@@ -50,6 +50,8 @@ def test_distill_alone_trains_the_named_student(cifar_classifier, small_cifar, t
     (["prune", "shrink"], QUICK, "unknown compression step(s) shrink"),
     (["prune", "prune"], QUICK, "each step runs once"),
     (["distill"], QUICK, "distill without prune needs --student NAME"),
+    (["prune"], ChainSettings(target_macs=2.0), "target MACs is a fraction of the model's"),
+    (["prune"], ChainSettings(channel_multiple=0), "round to a multiple of at least 1, not 0"),
 ])
 def test_bad_chains_are_refused_before_any_work(steps, settings, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -24,7 +24,7 @@ from ..engine.evaluation import evaluate_model
 from ..errors import ConfigError
 from ..export import export_model, read_export_metadata
 from ..models import ResNet, load_model, save_weights
-from .prune import prune_model, width_options
+from .prune import check_budget, prune_model, width_options
 from .quantize import calibration_batches, quantize_model
 
 STEPS = ("prune", "distill", "quantize", "export")  # the order they run in
@@ -69,6 +69,8 @@ def check_steps(steps: list[str], settings: ChainSettings) -> list[str]:
         raise ConfigError(f"each step runs once: {','.join(steps)}")
     if "distill" in steps and "prune" not in steps and not settings.student:
         raise ConfigError("distill without prune needs --student NAME, the smaller architecture to train")
+    if "prune" in steps:
+        check_budget(settings.target_macs, settings.channel_multiple)
     if settings.epochs < 0 or (settings.epochs < 1 and "distill" in steps):
         raise ConfigError(f"training epochs must be at least 1 for distillation and 0 or more after pruning, "
                           f"not {settings.epochs}")

@@ -100,21 +100,27 @@ def _scaled(width: int, keep: float, multiple: int, required: bool) -> int:
     return min(width, max(multiple if required else 0, scaled))
 
 
-def keep_fraction_for(model: ResNet, target_macs: float, keep_stream: bool = False,
-                      input_size: int | None = None, multiple: int = 1) -> float:
-    """The largest uniform fraction of channels whose network has at most ``target_macs`` x the MACs."""
+def check_budget(target_macs: float, multiple: int) -> None:
     if not 0 < target_macs < 1:
         raise ConfigError(f"target MACs is a fraction of the model's, between 0 and 1 (0.5 halves them), "
                           f"not {target_macs}")
     if multiple < 1:
         raise ConfigError(f"channel widths round to a multiple of at least 1, not {multiple}")
+
+
+def budget_config(model: ResNet, target_macs: float, keep_stream: bool = False, input_size: int | None = None,
+                  multiple: int = 1) -> ResNetConfig:
+    """The pruned widths with at most ``target_macs`` x the MACs: the largest uniform fraction of the
+    channels that fits, then, for widths rounded to a ``multiple``, the budget that rounding left."""
+    check_budget(target_macs, multiple)
     full = count_macs(_meta(model.config), input_size)
 
-    def macs(keep: float) -> int:
-        return count_macs(_meta(pruned_config(model.config, keep, keep_stream, multiple)), input_size)
+    def fits(config: ResNetConfig) -> bool:
+        return count_macs(_meta(config), input_size) <= target_macs * full
 
-    if macs(0.0) > target_macs * full:
-        floor = macs(0.0) / full
+    narrowest = pruned_config(model.config, 0.0, keep_stream, multiple)
+    if not fits(narrowest):
+        floor = count_macs(_meta(narrowest), input_size) / full
         kept = "the stem, residual stream and classifier are not pruned" if keep_stream else \
             "the first and last layers keep their inputs and outputs"
         fewest = "one channel" if multiple == 1 else f"{multiple} channels"
@@ -123,8 +129,47 @@ def keep_fraction_for(model: ResNet, target_macs: float, keep_stream: bool = Fal
     low, high = 0.0, 1.0
     for _ in range(20):  # bisection to 1e-6 of the fraction
         middle = (low + high) / 2
-        low, high = (middle, high) if macs(middle) <= target_macs * full else (low, middle)
-    return low
+        low, high = (middle, high) if fits(pruned_config(model.config, middle, keep_stream, multiple)) else (low, middle)
+    config = pruned_config(model.config, low, keep_stream, multiple)
+    return _fill_budget(model.config, config, fits, multiple) if multiple > 1 else config
+
+
+def _fill_budget(original: ResNetConfig, config: ResNetConfig, fits: Callable[[ResNetConfig], bool],
+                 multiple: int) -> ResNetConfig:
+    """Rounded widths that were equal jump together (16 -> 8 -> 16 for a whole stage and the stream
+    beside it), so the uniform fraction can stop well short of the budget. Widen, one multiple at a
+    time, the stage (inner channels) or stream segment that is most pruned and still fits."""
+    while True:
+        wider = next((candidate for _, candidate in sorted(_widenings(original, config, multiple),
+                                                           key=lambda pair: pair[0]) if fits(candidate)), None)
+        if wider is None:
+            return config
+        config = wider
+
+
+def _widenings(original: ResNetConfig, config: ResNetConfig, multiple: int) -> list[tuple[float, ResNetConfig]]:
+    """Each way of adding ``multiple`` channels to one stage's inner widths or to one stream segment's
+    own channels (capped at the original widths), with the fraction of that part kept so far."""
+    options = []
+    for stage in range(len(original.layers)):
+        full, now = original.stage_mid_channels(stage), config.stage_mid_channels(stage)
+        if sum(now) < sum(full):
+            widened = tuple(min(limit, width + multiple) for width, limit in zip(now, full))
+            mids = (*config.mid_channels[:stage], widened, *config.mid_channels[stage + 1:])
+            options.append((sum(now) / sum(full), replace(config, mid_channels=mids)))
+    if config.stream_channels is None:
+        return options
+    streams, layout = config.stream_channels, _stream_layout(original)
+    for segment, (inherited, full) in enumerate(layout):
+        own = streams[segment] - (streams[segment - 1] if inherited else 0)
+        if own < full:
+            added, carried = min(multiple, full - own), segment + 1
+            while carried < len(streams) and layout[carried][0]:
+                carried += 1  # the segments an identity or zero-padding shortcut carries it into
+            widened = tuple(width + added if segment <= index < carried else width
+                            for index, width in enumerate(streams))
+            options.append((own / full, replace(config, stream_channels=widened)))
+    return options
 
 
 def prune_model(model: ResNet, target_macs: float, criterion: str = "l1", keep_stream: bool = False,
@@ -141,8 +186,7 @@ def prune_model(model: ResNet, target_macs: float, criterion: str = "l1", keep_s
         raise ConfigError("the taylor criterion ranks channels by their effect on the loss: it needs "
                           "labelled training images")
     prunable(model, keep_stream)
-    keep = keep_fraction_for(model, target_macs, keep_stream, multiple=multiple)
-    config = pruned_config(model.config, keep, keep_stream, multiple)
+    config = budget_config(model, target_macs, keep_stream, multiple=multiple)
     score = _channel_scorer(model, criterion, batches)  # channels are ranked on the original weights
     state = {name: tensor.detach() for name, tensor in model.state_dict().items()}
     _prune_inner_channels(score, state, model, config.mid_channels, criterion)
@@ -199,12 +243,12 @@ def stream_tensors(model: ResNet) -> list[list[StreamTensor]]:
 
 def _stream_layout(config: ResNetConfig) -> list[tuple[bool, int]]:
     """Per segment: whether it carries on the previous segment's channels (an identity or zero-padding
-    shortcut joins them, as its first channels), and how many channels of its own it adds."""
-    nominal = config.nominal_stream_channels
-    layout = [(False, nominal[0])]
+    shortcut joins them, as its first channels), and how many channels of its own it adds, as built."""
+    widths = config.built_stream_channels
+    layout = [(False, widths[0])]
     for stage in range(len(config.layers)):
         inherited = config.entry_shortcut(stage) != "projection"  # identity (None) or zero_pad
-        layout.append((inherited, nominal[stage + 1] - (nominal[stage] if inherited else 0)))
+        layout.append((inherited, widths[stage + 1] - (widths[stage] if inherited else 0)))
     return layout
 
 
@@ -262,11 +306,11 @@ def _prune_stream(score: Callable[[str], torch.Tensor], state: dict[str, torch.T
                    if tensor.role == role and (role == "writer" or tensor.name.endswith(".weight")))
 
     layout = _stream_layout(model.config)
-    nominal = model.config.nominal_stream_channels
+    built = model.config.built_stream_channels
     segment_scores = [scores(segment) for segment in range(len(layout))]
     kept: list[torch.Tensor] = []
     for segment, (inherited, new) in enumerate(layout):
-        start = nominal[segment - 1] if inherited else 0
+        start = built[segment - 1] if inherited else 0
         own = slice(start, start + new)
         # A channel is one channel for every later segment that carries it on: rank it by all of them.
         carried_by = [segment]

@@ -148,12 +148,18 @@ class ResNetConfig:
         return (self.stem_channels, *(c * self.block_type.expansion for c in self.channels))
 
     @property
+    def built_stream_channels(self) -> tuple[int, ...]:
+        """The stream's width after the stem and after each stage as built: ``stream_channels`` when
+        they are given (a pruned network), the nominal widths otherwise."""
+        return self.stream_channels or self.nominal_stream_channels
+
+    @property
     def stem_out_channels(self) -> int:
-        return (self.stream_channels or self.nominal_stream_channels)[0]
+        return self.built_stream_channels[0]
 
     @property
     def stage_out_channels(self) -> tuple[int, ...]:
-        return (self.stream_channels or self.nominal_stream_channels)[1:]
+        return self.built_stream_channels[1:]
 
     @property
     def preprocessing(self) -> Preprocessing:
