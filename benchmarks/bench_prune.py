@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--target-macs", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--round-to", default="1", help="comma-separated channel multiples, e.g. 1,8,16")
+    parser.add_argument("--round-to", default="1,8,16", help="comma-separated channel multiples (default 1,8,16)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

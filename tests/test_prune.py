@@ -99,8 +99,8 @@ def test_a_pruned_model_can_be_pruned_again(name):
     # Iterative pruning: the second round starts from the pruned widths, stream included, and
     # still keeps the live quarter (0.7 of the MACs twice keeps about 70% of the channels).
     model = kill_three_quarters(create_model(name, num_classes=10, zero_init_residual=False))
-    once = prune_model(model, 0.7)
-    twice = prune_model(once, 0.7)
+    once = prune_model(model, 0.7, multiple=1)
+    twice = prune_model(once, 0.7, multiple=1)
     assert all(after < before for before, after in zip(once.config.stream_channels, twice.config.stream_channels))
     assert count_macs(twice) <= 0.7 * count_macs(once)
     assert_same_outputs(model, twice, 32 if name.startswith("cifar") else 64)
@@ -117,7 +117,7 @@ def test_a_multiple_too_coarse_for_the_target_is_refused():
 @pytest.mark.parametrize("keep_stream", [False, True])
 def test_the_pruned_model_is_a_plain_config_that_loads_back(tmp_path, keep_stream):
     model = create_model("cifar_resnet56", num_classes=10).eval()
-    pruned = prune_model(model, 0.5, keep_stream=keep_stream).eval()
+    pruned = prune_model(model, 0.5, keep_stream=keep_stream, multiple=1).eval()  # exact widths
     path = save_weights(pruned, tmp_path / "pruned.safetensors")
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

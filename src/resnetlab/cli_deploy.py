@@ -5,8 +5,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from .compress.prune import CHANNEL_MULTIPLE
+
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
-ROUND_TO = 1  # prune: pruned widths are multiples of this many channels
 
 
 def add_export_parser(commands) -> None:
@@ -69,9 +70,10 @@ def add_export_parser(commands) -> None:
 
 
 def add_round_to_argument(parser) -> None:
-    parser.add_argument("--round-to", type=int, default=ROUND_TO, metavar="N",
+    parser.add_argument("--round-to", type=int, default=CHANNEL_MULTIPLE, metavar="N",
                         help="prune: make every pruned width a multiple of N channels, which keeps CPU vector "
-                             f"registers full (default {ROUND_TO}; 1: exact widths)")
+                             f"registers full: 8 for AVX2, 16 for AVX-512 (default {CHANNEL_MULTIPLE}; 1: exact "
+                             "widths)")
 
 
 def add_precision_argument(parser) -> None:

@@ -24,7 +24,7 @@ from ..engine.evaluation import evaluate_model
 from ..errors import ConfigError
 from ..export import export_model, read_export_metadata
 from ..models import ResNet, load_model, save_weights
-from .prune import check_budget, prune_model, width_options
+from .prune import CHANNEL_MULTIPLE, check_budget, prune_model, width_options
 from .quantize import calibration_batches, quantize_model
 
 STEPS = ("prune", "distill", "quantize", "export")  # the order they run in
@@ -38,7 +38,7 @@ class ChainSettings:
     target_macs: float = 0.5  # prune: fraction of the MACs to keep
     criterion: str = "l1"  # prune: how channels are ranked
     keep_stream: bool = False  # prune: inner channels only, the residual stream whole
-    channel_multiple: int = 1  # prune: every pruned width a multiple of this many channels
+    channel_multiple: int = CHANNEL_MULTIPLE  # prune: every pruned width a multiple of this many channels
     student: str | None = None  # distill without prune: the architecture to train (with prune: the pruned net)
     epochs: int = 5  # training after pruning (0: none), or of the student
     lr: float = 0.01
