@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .config import TrainConfig, apply_overrides, config_from_dict, config_to_dict, load_recipe
+from .config import PRECISIONS, TrainConfig, apply_overrides, config_from_dict, config_to_dict, load_recipe
 from .errors import ConfigError, DataError
 
 # flag dest -> dotted key in TrainConfig. A flag left unset keeps the recipe's (or default) value.
@@ -94,7 +94,7 @@ def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) 
     section.add_argument("--epochs", type=int)
     section.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     section.add_argument("--seed", type=int)
-    section.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    section.add_argument("--precision", choices=PRECISIONS)
     section.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     _flag(section, "--deterministic", "deterministic kernels: bit-identical reruns and resumes on CPU")
     section.add_argument("--out", help="run directory (default runs/train)")

@@ -168,11 +168,8 @@ def _widenings(original: ResNetConfig, config: ResNetConfig, multiple: int) -> l
     for segment, (inherited, full) in enumerate(layout):
         own = streams[segment] - (streams[segment - 1] if inherited else 0)
         if own < full:
-            added, carried = min(multiple, full - own), segment + 1
-            while carried < len(streams) and layout[carried][0]:
-                carried += 1  # the segments an identity or zero-padding shortcut carries it into
-            widened = tuple(width + added if segment <= index < carried else width
-                            for index, width in enumerate(streams))
+            added, carriers = min(multiple, full - own), _carriers(layout, segment)
+            widened = tuple(width + added if index in carriers else width for index, width in enumerate(streams))
             options.append((own / full, replace(config, stream_channels=widened)))
     return options
 
@@ -258,6 +255,15 @@ def _stream_layout(config: ResNetConfig) -> list[tuple[bool, int]]:
     return layout
 
 
+def _carriers(layout: list[tuple[bool, int]], segment: int) -> range:
+    """``segment`` and the segments after it that an identity or zero-padding shortcut carries its
+    own channels into: one channel of the stream for all of them."""
+    end = segment + 1
+    while end < len(layout) and layout[end][0]:
+        end += 1
+    return range(segment, end)
+
+
 def _channel_scorer(model: ResNet, criterion: str, batches) -> Callable[[str], torch.Tensor]:
     """``score(name)``: the worth of each output channel of a convolution's weight (``l1``, ``taylor``)
     or of a BN's weight (``bn-gamma``)."""
@@ -319,10 +325,7 @@ def _prune_stream(score: Callable[[str], torch.Tensor], state: dict[str, torch.T
         start = built[segment - 1] if inherited else 0
         own = slice(start, start + new)
         # A channel is one channel for every later segment that carries it on: rank it by all of them.
-        carried_by = [segment]
-        while carried_by[-1] + 1 < len(layout) and layout[carried_by[-1] + 1][0]:
-            carried_by.append(carried_by[-1] + 1)
-        worth = sum(segment_scores[later][own] for later in carried_by)
+        worth = sum(segment_scores[later][own] for later in _carriers(layout, segment))
         count = widths[segment] - (len(kept[-1]) if inherited else 0)
         chosen = worth.topk(count).indices.sort().values + start
         kept.append(torch.cat([kept[-1], chosen]) if inherited else chosen)
