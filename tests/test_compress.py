@@ -1,12 +1,13 @@
 """resnetlab compress: prune -> distill -> quantize -> export, each step re-measured in one report."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from resnetlab.cli import main
-from resnetlab.compress.chain import ChainSettings, check_steps, compress
+from resnetlab.compress.chain import SETTING_USERS, STEPS, ChainSettings, check_steps, compress
 from resnetlab.deployed import load_deployed
 from resnetlab.errors import ConfigError
 from subsets import cifar_subset
@@ -52,10 +53,21 @@ def test_distill_alone_trains_the_named_student(cifar_classifier, small_cifar, t
     (["distill"], QUICK, "distill without prune needs --student NAME"),
     (["prune"], ChainSettings(target_macs=2.0), "target MACs is a fraction of the model's"),
     (["prune"], ChainSettings(channel_multiple=0), "round to a multiple of at least 1, not 0"),
+    (["prune", "distill"], ChainSettings(student="cifar_resnet20"), "--student is for distill without prune"),
+    (["quantize", "export"], ChainSettings(channel_multiple=16),
+     "--round-to applies to the prune step, which --steps quantize,export leaves out"),
+    (["export"], ChainSettings(precision="bf16"), "--precision applies to the prune and distill steps"),
+    (["prune"], ChainSettings(temperature=2.0), "--temperature applies to the distill step"),
+    (["distill"], ChainSettings(student="cifar_resnet20", calib_images=64), "--calib-images applies to the quantize"),
 ])
 def test_bad_chains_are_refused_before_any_work(steps, settings, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_steps(steps, settings)
+
+
+def test_every_chain_setting_names_the_steps_that_read_it():
+    assert set(SETTING_USERS) == {field.name for field in dataclasses.fields(ChainSettings)}
+    assert all(set(users) <= set(STEPS) for _, users in SETTING_USERS.values())
 
 
 def test_steps_run_in_the_chain_order_whatever_order_they_are_given():

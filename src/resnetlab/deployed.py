@@ -41,12 +41,16 @@ class DeployedModel:
         return self
 
 
-def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu") -> DeployedModel:
-    """``device`` "auto": a GPU when there is one for weights, the CPU for graph files (they run there)."""
+def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu",
+                  format: str | None = None) -> DeployedModel:
+    """``device`` "auto": a GPU when there is one for weights, the CPU for graph files (they run there).
+
+    ``format`` ("safetensors", "onnx", "torchscript") is read from the suffix when not given; an export
+    gives it to check the file it is writing under a temporary name."""
     from .engine.distributed import resolve_device
 
     path = Path(path)
-    format = model_file_format(path)
+    format = format or model_file_format(path)
     if format == "safetensors":
         return _safetensors(path, resolve_device(device) if isinstance(device, str) else device)
     device = torch.device("cpu") if device == "auto" else torch.device(device)
@@ -81,9 +85,9 @@ def _safetensors(path: Path, device: torch.device) -> DeployedModel:
 
 
 def _onnx(path: Path, device: torch.device) -> DeployedModel:
-    from .export import onnxruntime_runner, openvino_runner, read_export_metadata
+    from .export import onnxruntime_runner, openvino_runner, read_onnx_metadata
 
-    metadata = read_export_metadata(path)
+    metadata = read_onnx_metadata(path)
     backend = metadata.get("runtime", "onnxruntime")
     run = openvino_runner(path) if backend == "openvino" else onnxruntime_runner(path)
     return _graph(path, "onnx", backend, metadata, device, run)

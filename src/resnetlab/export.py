@@ -16,7 +16,7 @@ import torch
 
 from .atomic import atomic_path
 from .errors import CheckpointError, ConfigError
-from .models import ResNet, load_model, save_weights
+from .models import ResNet, save_weights
 from .models.weights import model_metadata
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
@@ -121,8 +121,10 @@ def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict]:
 def read_export_metadata(path: str | Path) -> dict:
     """The metadata an ONNX or TorchScript export carries (``load_model``'s for safetensors)."""
     path = Path(path)
-    if path.suffix != ".onnx":
-        return load_torchscript(path)[1]
+    return read_onnx_metadata(path) if path.suffix == ".onnx" else load_torchscript(path)[1]
+
+
+def read_onnx_metadata(path: Path) -> dict:
     try:
         import onnx
 
@@ -140,7 +142,11 @@ def _parse_metadata(path: Path, text: str) -> dict:
 
 
 def _check(model: ResNet, path: Path, format: str, batches: tuple[int, ...], side: int) -> float:
-    run = _loaded(path, format)
+    """Load the written file the way ``eval``, ``predict`` and ``serve`` will, metadata included, and
+    compare its logits with eager's; the worst absolute difference."""
+    from .deployed import load_deployed
+
+    run = load_deployed(path, format=format)
     worst = 0.0
     generator = torch.Generator().manual_seed(0)
     for batch in batches:
@@ -197,13 +203,3 @@ def openvino_runner(model, precision: str = "fp32"):
         return torch.from_numpy(result[compiled.output(0)].copy())
 
     return run
-
-
-def _loaded(path: Path, format: str):
-    if format == "onnx":
-        return onnxruntime_runner(path)
-    if format == "torchscript":
-        scripted, _ = load_torchscript(path)
-        return lambda images: scripted(images).detach()
-    reloaded = load_model(path).eval()
-    return lambda images: reloaded(images).detach()

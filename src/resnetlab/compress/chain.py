@@ -49,6 +49,23 @@ class ChainSettings:
     calib_images: int = 256  # quantize: real images from the data's train split
 
 
+TRAINING_STEPS = ("prune", "distill")  # prune fine-tunes what it pruned; distill trains the student
+SETTING_USERS = {  # ChainSettings field: (its flag, the steps that read it)
+    "target_macs": ("--target-macs", ("prune",)),
+    "criterion": ("--criterion", ("prune",)),
+    "keep_stream": ("--keep-stream", ("prune",)),
+    "channel_multiple": ("--round-to", ("prune",)),
+    "student": ("--student", ("distill",)),
+    "epochs": ("--epochs", TRAINING_STEPS),
+    "lr": ("--lr", TRAINING_STEPS),
+    "batch_size": ("--batch-size", TRAINING_STEPS),
+    "precision": ("--precision", TRAINING_STEPS),
+    "alpha": ("--alpha", ("distill",)),
+    "temperature": ("--temperature", ("distill",)),
+    "calib_images": ("--calib-images", ("quantize",)),
+}
+
+
 @dataclass
 class StepRecord:
     step: str
@@ -69,12 +86,25 @@ def check_steps(steps: list[str], settings: ChainSettings) -> list[str]:
         raise ConfigError(f"each step runs once: {','.join(steps)}")
     if "distill" in steps and "prune" not in steps and not settings.student:
         raise ConfigError("distill without prune needs --student NAME, the smaller architecture to train")
+    if "prune" in steps and settings.student:
+        raise ConfigError("--student is for distill without prune: with prune, the pruned network is the student")
+    _check_settings_are_used(steps, settings)
     if "prune" in steps:
         check_budget(settings.target_macs, settings.channel_multiple)
     if settings.epochs < 0 or (settings.epochs < 1 and "distill" in steps):
         raise ConfigError(f"training epochs must be at least 1 for distillation and 0 or more after pruning, "
                           f"not {settings.epochs}")
     return sorted(steps, key=STEPS.index)
+
+
+def _check_settings_are_used(steps: list[str], settings: ChainSettings) -> None:
+    """Refuse a setting changed from its default that none of ``steps`` reads: it would do nothing,
+    silently."""
+    defaults = ChainSettings()
+    for field, (flag, users) in SETTING_USERS.items():
+        if getattr(settings, field) != getattr(defaults, field) and not set(users) & set(steps):
+            raise ConfigError(f"{flag} applies to the {' and '.join(users)} step{'s' * (len(users) > 1)}, "
+                              f"which --steps {','.join(steps)} leaves out")
 
 
 def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Path,
