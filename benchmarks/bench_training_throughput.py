@@ -1,9 +1,10 @@
 """Training img/s on synthetic batches: our ResNet eager and compiled against torchvision's, one process.
 
-The GPU row of the measure issue: ResNet-50, batch 256, bf16 autocast, channels_last, SGD with
-momentum; rows are timed in interleaved rounds, and each row's figure is its median step. The
-anchor is NVIDIA's ResNet-50 v1.5 at 2,470 img/s on one A100 (AMP). `train --compile
---channels-last --precision bf16` trains the way the "ours, compiled" row does.
+Made for a GPU: ResNet-50, batch 256, bf16 autocast, channels_last, SGD with momentum. Rows are
+timed in interleaved rounds, and each row's figure is its median step. The measure issue's anchor
+is NVIDIA's ResNet-50 v1.5 at 2,470 img/s training on one A100 with AMP (NVIDIA
+DeepLearningExamples' published figure). `resnetlab train --compile --channels-last --precision
+bf16` trains the way the "ours, torch.compile" row does.
 
     .venv/bin/python benchmarks/bench_training_throughput.py [--device cuda] [--batch-size 256]
     .venv/bin/python benchmarks/bench_training_throughput.py --device cpu --model resnet18 --batch-size 8 \
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--precision", choices=["bf16", "fp16", "fp32"], default="bf16",
-                        help="autocast dtype (fp16 on CUDA only; no loss scaling needed for a timing)")
+                        help="autocast dtype (fp16 on CUDA only; a timing needs no loss scaling)")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile row")
     parser.add_argument("--rounds", type=int, default=5)
@@ -71,6 +72,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per row first (compiles)")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but no GPU is visible; use --device cpu for a quick look")
+    if args.precision == "fp16" and device.type != "cuda":
+        parser.error("--precision fp16 runs on CUDA only; use bf16 or fp32 on a CPU")
     torch.backends.cudnn.benchmark = True
     memory_format = torch.contiguous_format if args.no_channels_last else torch.channels_last
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.precision]

@@ -59,6 +59,7 @@ def test_distill_alone_trains_the_named_student(cifar_classifier, small_cifar, t
     (["export"], ChainSettings(precision="bf16"), "--precision applies to the prune and distill steps"),
     (["prune"], ChainSettings(temperature=2.0), "--temperature applies to the distill step"),
     (["distill"], ChainSettings(student="cifar_resnet20", calib_images=64), "--calib-images applies to the quantize"),
+    (["prune"], ChainSettings(epochs=0, precision="bf16"), "--precision applies to training, and --epochs 0"),
 ])
 def test_bad_chains_are_refused_before_any_work(steps, settings, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -72,3 +73,18 @@ def test_every_chain_setting_names_the_steps_that_read_it():
 
 def test_steps_run_in_the_chain_order_whatever_order_they_are_given():
     assert check_steps(["export", "quantize", "prune"], QUICK) == ["prune", "quantize", "export"]
+
+
+@pytest.mark.parametrize("steps", [["prune"], ["quantize"], ["export"], ["distill", "--student", "cifar_resnet20"]])
+def test_the_command_defaults_pass_the_settings_check_for_each_step_alone(steps, tmp_path, capsys):
+    missing = tmp_path / "missing.safetensors"  # the settings are checked first, then the checkpoint is read
+    assert main(["compress", "--checkpoint", str(missing), "--data", str(tmp_path), "--out", str(tmp_path / "c"),
+                 "--steps", *steps]) == 2
+    assert f"weights file {missing} does not exist" in capsys.readouterr().err
+
+
+def test_a_flag_for_a_step_left_out_is_a_one_line_error(tmp_path, capsys):
+    assert main(["compress", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", str(tmp_path),
+                 "--out", str(tmp_path / "c"), "--steps", "quantize", "--round-to", "16"]) == 2
+    assert capsys.readouterr().err.strip() == ("resnetlab: error: --round-to applies to the prune step, which "
+                                               "--steps quantize leaves out")

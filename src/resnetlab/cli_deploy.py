@@ -5,7 +5,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .compress.prune import CHANNEL_MULTIPLE
+from .compress.chain import ChainSettings
 
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
 
@@ -53,16 +53,19 @@ def add_export_parser(commands) -> None:
                     "fine-tune it on --data, and save a smaller dense model (plain config + weights).")
     prune.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
     prune.add_argument("--data", required=True, help="image folder to fine-tune on and evaluate with, or cifar10")
-    prune.add_argument("--target-macs", type=float, default=0.5, help="fraction of the MACs to keep (default 0.5)")
-    prune.add_argument("--criterion", default="l1", choices=["l1", "bn-gamma", "taylor"],
+    prune.add_argument("--target-macs", type=float, default=ChainSettings.target_macs,
+                       help=f"fraction of the MACs to keep (default {ChainSettings.target_macs:g})")
+    prune.add_argument("--criterion", default=ChainSettings.criterion, choices=["l1", "bn-gamma", "taylor"],
                        help="how a channel is ranked: its filters' L1 norm, its BN scales, or the loss change "
                             "its removal causes on 256 training images, to first order (default l1)")
     prune.add_argument("--keep-stream", action="store_true",
                        help="prune each block's inner channels only; keep the residual stream whole")
     add_round_to_argument(prune)
-    prune.add_argument("--finetune-epochs", type=int, default=5, help="0 skips fine-tuning (default 5)")
-    prune.add_argument("--lr", type=float, default=0.01, help="fine-tuning peak lr (default 0.01)")
-    prune.add_argument("--batch-size", type=int, default=128)
+    prune.add_argument("--finetune-epochs", type=int, default=ChainSettings.epochs,
+                       help=f"0 skips fine-tuning (default {ChainSettings.epochs})")
+    prune.add_argument("--lr", type=float, default=ChainSettings.lr,
+                       help=f"fine-tuning peak lr (default {ChainSettings.lr:g})")
+    prune.add_argument("--batch-size", type=int, default=ChainSettings.batch_size)
     add_precision_argument(prune)
     prune.add_argument("--out", type=Path, help="run directory (default: beside the checkpoint, pruned-<target>)")
     prune.set_defaults(run=cmd_prune)
@@ -70,16 +73,16 @@ def add_export_parser(commands) -> None:
 
 
 def add_round_to_argument(parser) -> None:
-    parser.add_argument("--round-to", type=int, default=CHANNEL_MULTIPLE, metavar="N",
+    parser.add_argument("--round-to", type=int, default=ChainSettings.channel_multiple, metavar="N",
                         help="prune: make every pruned width a multiple of N channels, which keeps CPU vector "
-                             f"registers full: 8 for AVX2, 16 for AVX-512 (default {CHANNEL_MULTIPLE}; 1: exact "
+                             f"registers full: 8 for AVX2, 16 for AVX-512 (default {ChainSettings.channel_multiple}; 1: exact "
                              "widths)")
 
 
 def add_precision_argument(parser) -> None:
     from .config import PRECISIONS
 
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+    parser.add_argument("--precision", default=ChainSettings.precision, choices=PRECISIONS,
                         help="of the training, as in train: bf16 is about twice as fast as fp32 on CPUs with "
                              "native bf16 (default auto: bf16 on GPUs that have it, fp32 on CPUs)")
 
@@ -183,19 +186,20 @@ def add_compress_parser(commands) -> None:
     chain.add_argument("--steps", default="prune,distill,quantize,export",
                        help="comma-separated, from prune, distill, quantize, export (default: all four)")
     chain.add_argument("--out", required=True, type=Path, help="folder for each step's file and report.json")
-    chain.add_argument("--target-macs", type=float, default=0.5, help="prune: fraction of the MACs to keep")
-    chain.add_argument("--criterion", default="l1", choices=["l1", "bn-gamma", "taylor"],
+    chain.add_argument("--target-macs", type=float, default=ChainSettings.target_macs, help="prune: fraction of the MACs to keep")
+    chain.add_argument("--criterion", default=ChainSettings.criterion, choices=["l1", "bn-gamma", "taylor"],
                        help="prune: channel ranking")
     chain.add_argument("--keep-stream", action="store_true", help="prune: inner channels only, the stream whole")
     add_round_to_argument(chain)
     chain.add_argument("--student", help="distill without prune: the architecture to train")
-    chain.add_argument("--epochs", type=int, default=5, help="training after pruning / of the student (default 5)")
-    chain.add_argument("--lr", type=float, default=0.01)
-    chain.add_argument("--batch-size", type=int, default=128)
+    chain.add_argument("--epochs", type=int, default=ChainSettings.epochs,
+                       help=f"training after pruning / of the student (default {ChainSettings.epochs})")
+    chain.add_argument("--lr", type=float, default=ChainSettings.lr)
+    chain.add_argument("--batch-size", type=int, default=ChainSettings.batch_size)
     add_precision_argument(chain)
-    chain.add_argument("--alpha", type=float, default=0.5, help="distill: weight of the soft targets")
-    chain.add_argument("--temperature", type=float, default=4.0, help="distill: softening temperature")
-    chain.add_argument("--calib-images", type=int, default=256, help="quantize: calibration images")
+    chain.add_argument("--alpha", type=float, default=ChainSettings.alpha, help="distill: weight of the soft targets")
+    chain.add_argument("--temperature", type=float, default=ChainSettings.temperature, help="distill: softening temperature")
+    chain.add_argument("--calib-images", type=int, default=ChainSettings.calib_images, help="quantize: calibration images")
     chain.set_defaults(run=cmd_compress)
 
 

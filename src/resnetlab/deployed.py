@@ -1,7 +1,8 @@
 """Any model file resnetlab writes, ready to run: trained weights (.safetensors), an exported or
 INT8-quantized ONNX graph (.onnx), or a TorchScript file (.pt: ``export --format torchscript``, or
-``quantize --backend x86``). ``eval``, ``predict``, ``bench`` and ``serve`` take each through ``load_deployed``;
-an .onnx runs on the runtime its metadata names (ONNX Runtime unless it says OpenVINO)."""
+``quantize --backend x86``). ``eval``, ``predict``, ``bench`` and ``serve`` take each through
+``load_deployed``, and ``export`` checks what it wrote with it; an .onnx runs on the runtime its
+metadata names (ONNX Runtime unless it says OpenVINO)."""
 from __future__ import annotations
 
 import os
@@ -50,6 +51,8 @@ def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu",
     from .engine.distributed import resolve_device
 
     path = Path(path)
+    if format is not None and format not in FORMATS.values():
+        raise ConfigError(f"unknown model format {format!r}; choose one of {', '.join(FORMATS.values())}")
     format = format or model_file_format(path)
     if format == "safetensors":
         return _safetensors(path, resolve_device(device) if isinstance(device, str) else device)

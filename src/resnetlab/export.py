@@ -119,12 +119,13 @@ def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict]:
 
 
 def read_export_metadata(path: str | Path) -> dict:
-    """The metadata an ONNX or TorchScript export carries (``load_model``'s for safetensors)."""
+    """The metadata an ONNX or TorchScript export carries, by the file's suffix (.onnx, else TorchScript)."""
     path = Path(path)
     return read_onnx_metadata(path) if path.suffix == ".onnx" else load_torchscript(path)[1]
 
 
 def read_onnx_metadata(path: Path) -> dict:
+    """The metadata ``export`` or ``quantize`` stored in an ONNX graph, whatever the file's name."""
     try:
         import onnx
 
