@@ -11,8 +11,8 @@ import resnetlab.export as export_module
 from resnetlab import create_model, load_model
 from resnetlab.cli import main
 from resnetlab.data.datasets import decode_files
-from resnetlab.deployed import load_deployed
 from resnetlab.data.folders import scan_split
+from resnetlab.deployed import load_deployed
 from resnetlab.errors import ConfigError
 from resnetlab.export import export_model, read_export_metadata
 from resnetlab.image_input import normalize
@@ -91,13 +91,13 @@ def test_a_failed_check_leaves_no_file_behind(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-
 def test_the_loader_export_checks_with_reads_a_graph_under_any_name_given_its_format(tmp_path):
     path = export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx").path
     renamed = path.rename(tmp_path / "model.onnx.partial")  # as the check sees its temporary file
     assert load_deployed(renamed, format="onnx").arch == "cifar_resnet20"
     with pytest.raises(ConfigError, match="unknown model format 'ONNX'; choose one of safetensors, onnx, torchscript"):
         load_deployed(renamed, format="ONNX")
+
 
 @pytest.mark.parametrize("argv, message", [
     (["--format", "onnx", "--out", "model.pt"], "a onnx export is a .onnx file; model.pt is not"),

@@ -75,8 +75,8 @@ def add_export_parser(commands) -> None:
 def add_round_to_argument(parser) -> None:
     parser.add_argument("--round-to", type=int, default=ChainSettings.channel_multiple, metavar="N",
                         help="prune: make every pruned width a multiple of N channels, which keeps CPU vector "
-                             f"registers full: 8 for AVX2, 16 for AVX-512 (default {ChainSettings.channel_multiple}; 1: exact "
-                             "widths)")
+                             "registers full: 8 for AVX2, 16 for AVX-512 "
+                             f"(default {ChainSettings.channel_multiple}; 1: exact widths)")
 
 
 def add_precision_argument(parser) -> None:
@@ -186,7 +186,8 @@ def add_compress_parser(commands) -> None:
     chain.add_argument("--steps", default="prune,distill,quantize,export",
                        help="comma-separated, from prune, distill, quantize, export (default: all four)")
     chain.add_argument("--out", required=True, type=Path, help="folder for each step's file and report.json")
-    chain.add_argument("--target-macs", type=float, default=ChainSettings.target_macs, help="prune: fraction of the MACs to keep")
+    chain.add_argument("--target-macs", type=float, default=ChainSettings.target_macs,
+                       help="prune: fraction of the MACs to keep")
     chain.add_argument("--criterion", default=ChainSettings.criterion, choices=["l1", "bn-gamma", "taylor"],
                        help="prune: channel ranking")
     chain.add_argument("--keep-stream", action="store_true", help="prune: inner channels only, the stream whole")
@@ -197,9 +198,12 @@ def add_compress_parser(commands) -> None:
     chain.add_argument("--lr", type=float, default=ChainSettings.lr)
     chain.add_argument("--batch-size", type=int, default=ChainSettings.batch_size)
     add_precision_argument(chain)
-    chain.add_argument("--alpha", type=float, default=ChainSettings.alpha, help="distill: weight of the soft targets")
-    chain.add_argument("--temperature", type=float, default=ChainSettings.temperature, help="distill: softening temperature")
-    chain.add_argument("--calib-images", type=int, default=ChainSettings.calib_images, help="quantize: calibration images")
+    chain.add_argument("--alpha", type=float, default=ChainSettings.alpha,
+                       help="distill: weight of the soft targets")
+    chain.add_argument("--temperature", type=float, default=ChainSettings.temperature,
+                       help="distill: softening temperature")
+    chain.add_argument("--calib-images", type=int, default=ChainSettings.calib_images,
+                       help="quantize: calibration images")
     chain.set_defaults(run=cmd_compress)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_path
+from .deployed import load_deployed
 from .errors import CheckpointError, ConfigError
 from .models import ResNet, save_weights
 from .models.weights import model_metadata
@@ -145,8 +146,6 @@ def _parse_metadata(path: Path, text: str) -> dict:
 def _check(model: ResNet, path: Path, format: str, batches: tuple[int, ...], side: int) -> float:
     """Load the written file the way ``eval``, ``predict`` and ``serve`` will, metadata included, and
     compare its logits with eager's; the worst absolute difference."""
-    from .deployed import load_deployed
-
     run = load_deployed(path, format=format)
     worst = 0.0
     generator = torch.Generator().manual_seed(0)

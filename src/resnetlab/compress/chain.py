@@ -22,7 +22,7 @@ from ..data.loaders import build_loaders
 from ..deployed import load_deployed
 from ..engine.evaluation import evaluate_model
 from ..errors import ConfigError
-from ..export import export_model
+from ..export import export_model, read_export_metadata
 from ..models import ResNet, load_model, save_weights
 from .prune import CHANNEL_MULTIPLE, check_budget, prune_model, width_options
 from .quantize import calibration_batches, quantize_model
@@ -101,15 +101,15 @@ def _check_settings_are_used(steps: list[str], settings: ChainSettings) -> None:
     """Refuse a setting changed from its default that none of ``steps`` reads: it would do nothing,
     silently. Prune without distill reads the training settings only when it fine-tunes (epochs > 0)."""
     defaults = ChainSettings()
-    fine_tunes = "distill" in steps or settings.epochs > 0
+    trains = "distill" in steps or ("prune" in steps and settings.epochs > 0)
     for field, (flag, users) in SETTING_USERS.items():
         if getattr(settings, field) == getattr(defaults, field):
             continue
-        if users == TRAINING_STEPS and field != "epochs" and set(users) & set(steps) and not fine_tunes:
-            raise ConfigError(f"{flag} applies to training, and --epochs 0 leaves the pruned network untrained")
         if not set(users) & set(steps):
             step_names = " and ".join(users) + (" steps" if len(users) > 1 else " step")
             raise ConfigError(f"{flag} applies to the {step_names}, which --steps {','.join(steps)} leaves out")
+        if users == TRAINING_STEPS and field != "epochs" and not trains:
+            raise ConfigError(f"{flag} applies to training, and --epochs 0 leaves the pruned network untrained")
 
 
 def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Path,
@@ -180,8 +180,8 @@ def _loss_batches(model: ResNet, data: str) -> list[tuple[torch.Tensor, torch.Te
 
 def _export(current: Path, folder: Path) -> Path:
     target = folder / "model.onnx"
-    if current.suffix == ".onnx":  # already a graph (INT8): check it loads and runs, then place it
-        load_deployed(current)
+    if current.suffix == ".onnx":  # already a graph (INT8), which its step's record ran: check it reads back whole
+        read_export_metadata(current)
         with atomic_path(target) as tmp:
             shutil.copyfile(current, tmp)
         return target
