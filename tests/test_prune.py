@@ -1,6 +1,7 @@
 """resnetlab prune: a smaller dense ResNet that computes what the original computed with its strong channels."""
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -9,7 +10,9 @@ from torch import nn
 
 from resnetlab import count_macs, count_parameters, create_model, load_model, load_weights, save_weights
 from resnetlab.cli import main
-from resnetlab.compress.prune import BN_TENSORS, INNER_CHANNELS, prune_model, stream_tensors
+from resnetlab.compress.prune import BN_TENSORS, INNER_CHANNELS, prune_model, recalibrate_batch_norm, stream_tensors
+from resnetlab.deployed import load_deployed
+from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.errors import ConfigError
 from subsets import cifar_subset
 
@@ -198,6 +201,51 @@ def test_prune_command_fine_tunes_on_real_data(cifar_classifier, cifar10_root, t
     assert "precision: bf16" in (out / "1-prune" / "finetune" / "config.yaml").read_text()
     assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--out", str(out)]) == 2
     assert "already holds a compression report" in capsys.readouterr().err
+
+
+def batch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:
+    return [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
+
+
+def test_recalibrated_statistics_are_the_average_over_the_batches():
+    model = create_model("cifar_resnet20", num_classes=10).eval()
+    batches = [torch.randn(8, 3, 32, 32) * 2 + 1, torch.randn(8, 3, 32, 32)]
+    # In training mode every BN normalises by the batch's own statistics, so each batch can be
+    # measured alone: with momentum 1 the running statistics become that batch's.
+    per_batch = []
+    for images in batches:
+        alone = copy.deepcopy(model).train()
+        for norm in batch_norms(alone):
+            norm.momentum = 1.0
+        with torch.no_grad():
+            alone(images)
+        per_batch.append([(norm.running_mean, norm.running_var) for norm in batch_norms(alone)])
+    learned = {name: tensor.clone() for name, tensor in model.named_parameters()}
+    recalibrate_batch_norm(model, batches)
+    for norm, first, second in zip(batch_norms(model), *per_batch):
+        torch.testing.assert_close(norm.running_mean, (first[0] + second[0]) / 2)
+        torch.testing.assert_close(norm.running_var, (first[1] + second[1]) / 2)
+        assert norm.momentum == 0.1 and not norm.training and norm.num_batches_tracked.item() == 2
+    assert all(torch.equal(tensor, learned[name]) for name, tensor in model.named_parameters())
+
+
+def test_recalibrating_on_no_images_is_refused_and_changes_nothing():
+    model = create_model("cifar_resnet20", num_classes=10)
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ConfigError, match="needs training images"):
+        recalibrate_batch_norm(model, [])
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+
+
+def test_pruning_re_estimates_the_statistics_and_wins_back_accuracy(cifar_classifier, cifar10_root, tmp_path):
+    data = cifar_subset(cifar10_root, tmp_path / "data", train_per_class=30, test_per_class=50)
+    assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--keep-stream",
+                 "--finetune-epochs", "0", "--out", str(tmp_path / "pruned")]) == 0
+    _, pruned = json.loads((tmp_path / "pruned" / "report.json").read_text())
+    # The same pruning, left with the statistics of the wider network it came from.
+    stale = save_weights(prune_model(load_model(cifar_classifier), 0.5, keep_stream=True), tmp_path / "stale.safetensors")
+    stale_top1 = evaluate_model(load_deployed(stale), str(data))[0].top1
+    assert pruned["top1"] > stale_top1 + 0.05
 
 
 def test_bench_counts_the_pruned_widths(tmp_path):

@@ -50,7 +50,8 @@ def add_export_parser(commands) -> None:
         "prune", help="structured channel pruning to a MAC budget, then fine-tuning",
         description="Remove the weakest channels, inside each block and of the residual stream (those a "
                     "shortcut ties together go together), until the network has --target-macs of its MACs; "
-                    "fine-tune it on --data, and save a smaller dense model (plain config + weights).")
+                    "re-estimate its BN statistics on 256 training images, fine-tune it on --data, and save "
+                    "a smaller dense model (plain config + weights).")
     prune.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
     prune.add_argument("--data", required=True, help="image folder to fine-tune on and evaluate with, or cifar10")
     prune.add_argument("--target-macs", type=float, default=ChainSettings.target_macs,

@@ -24,11 +24,13 @@ from ..engine.evaluation import evaluate_model
 from ..errors import ConfigError
 from ..export import export_model, read_export_metadata
 from ..models import ResNet, load_model, save_weights
-from .prune import CHANNEL_MULTIPLE, check_budget, prune_model, width_options
+from .prune import CHANNEL_MULTIPLE, check_budget, prune_model, recalibrate_batch_norm, width_options
 from .quantize import calibration_batches, quantize_model
 
 STEPS = ("prune", "distill", "quantize", "export")  # the order they run in
-TAYLOR_IMAGES, TAYLOR_BATCH = 256, 32  # prune --criterion taylor: the loss is measured on this many images
+# prune: training images the pruned network's BN statistics are re-estimated on (and the taylor
+# criterion's loss measured on), in batches of this size
+PRUNE_IMAGES, PRUNE_BATCH = 256, 32
 
 
 @dataclass
@@ -126,9 +128,10 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
         folder = out / f"{number}-{step}"
         if step == "prune":
             model = load_model(current).eval()
-            batches = _loss_batches(model, data) if settings.criterion == "taylor" else None
-            pruned = prune_model(model, settings.target_macs, settings.criterion, settings.keep_stream, batches,
-                                 settings.channel_multiple)
+            batches = _training_batches(model, data)
+            pruned = prune_model(model, settings.target_macs, settings.criterion, settings.keep_stream,
+                                 batches if settings.criterion == "taylor" else None, settings.channel_multiple)
+            recalibrate_batch_norm(pruned, [images for images, _ in batches])
             current, macs = save_weights(pruned, folder / "pruned.safetensors"), count_macs(pruned)
             records.append(measure_file("prune (before training)", current, data, macs))
             if "distill" in steps or settings.epochs == 0:
@@ -171,11 +174,10 @@ def _train(start: Path | None, data: str, out: Path, settings: ChainSettings, te
     return out / (LAST_WEIGHTS if result.data.val_split == "test" else BEST_WEIGHTS)
 
 
-def _loss_batches(model: ResNet, data: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """TAYLOR_IMAGES training images of ``data``, as training sees them: what the taylor criterion
-    measures the loss on."""
-    train_loader, _, _ = build_loaders(DataConfig(data=data, batch_size=TAYLOR_BATCH), model.preprocessing)
-    return list(itertools.islice(train_loader, TAYLOR_IMAGES // TAYLOR_BATCH))
+def _training_batches(model: ResNet, data: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """PRUNE_IMAGES training images of ``data``, as training sees them, with their labels."""
+    train_loader, _, _ = build_loaders(DataConfig(data=data, batch_size=PRUNE_BATCH), model.preprocessing)
+    return list(itertools.islice(train_loader, PRUNE_IMAGES // PRUNE_BATCH))
 
 
 def _export(current: Path, folder: Path) -> Path:
