@@ -14,7 +14,7 @@ import statistics
 
 import torch
 
-from resnetlab.bench.measure import measure
+from resnetlab.bench.measure import side_by_side
 from resnetlab.deployed import load_deployed
 
 
@@ -29,10 +29,7 @@ def main() -> None:
     models = [load_deployed(path) for path in args.files]
     side = models[0].preprocessing.input_size
     example = torch.randn(1, models[0].in_chans, side, side)
-    rounds: list[list[float]] = [[] for _ in models]
-    for _ in range(args.rounds):
-        for model, times in zip(models, rounds):
-            times.append(measure(model, example, warmup=3, repeats=args.calls).latency_ms_median)
+    rounds = side_by_side(models, example, args.rounds, args.calls)
     first = statistics.median(rounds[0])
     print(f"{args.threads} thread(s), batch 1, median over {args.rounds} rounds of each round's median of "
           f"{args.calls} calls")

@@ -14,12 +14,13 @@ from rich.console import Console
 
 from resnetlab import count_macs, create_model
 from resnetlab.bench.hardware import cpu_peak, parse_cpu_peak, sgemm_gflops, torch_threads
-from resnetlab.bench.measure import measure
+from resnetlab.bench.measure import measure, side_by_side
 from resnetlab.bench.memory import peak_memory_increase, polled_peak_increase
 from resnetlab.bench.plots import write_plots
 from resnetlab.bench.report import BenchRow, print_table, write_csv, write_json
 from resnetlab.bench.run import run_benchmark
 from resnetlab.cli import main
+from resnetlab.errors import ConfigError
 
 CPU = torch.device("cpu")
 FAST = dict(threads=1, warmup=1, repeats=2)
@@ -103,6 +104,26 @@ def test_measure_times_each_call():
     assert 5 <= result.latency_ms_median <= result.latency_ms_p90 < 100
     assert result.latency_ms_iqr >= 0
     assert result.throughput == pytest.approx(8 / (result.latency_ms_median / 1e3))
+
+
+def test_side_by_side_times_every_run_in_each_round():
+    calls = []
+
+    def sleeper(name: str, seconds: float):
+        def run(images):
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    rounds = side_by_side([sleeper("fast", 0.002), sleeper("slow", 0.012)], torch.zeros(1, 3, 4, 4),
+                          rounds=3, calls=2, warmup=1)
+    assert calls == ["fast", "slow"] + ["fast", "fast", "slow", "slow"] * 3  # warm-up, then interleaved rounds
+    fast, slow = rounds
+    assert len(fast) == len(slow) == 3
+    assert all(2 <= ms for ms in fast) and all(12 <= ms for ms in slow)
+    assert sorted(fast)[1] < sorted(slow)[1]
+    with pytest.raises(ConfigError, match="rounds and calls must be at least 1"):
+        side_by_side([sleeper("fast", 0)], torch.zeros(1), rounds=0)
 
 
 def test_fraction_of_peak_is_the_achieved_share_of_the_cpu_peak(resnet18_rows):

@@ -107,7 +107,7 @@ def cmd_export(args: argparse.Namespace, console) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace, console) -> None:
-    from .compress.chain import measure_file
+    from .compress.chain import measure_file, time_records
     from .compress.quantize import BACKENDS, RUNTIME_NAMES, check_backend, write_fp32_reference
     from .complexity import count_macs
     from .models import load_model
@@ -138,6 +138,7 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
         records = [measure_file(label, path, args.data, macs)
                    for label, path in (("fp32 (PyTorch)", args.checkpoint), (f"fp32 ({runtime})", fp32),
                                        (f"INT8 ({runtime})", out))]
+        time_records(records)
     print_records(records, f"{model.arch}: fp32 -> INT8 ({how})", console)
 
 

@@ -1,8 +1,10 @@
-"""Time an inference callable on one input: warm-up, timed repeats, then one call for memory."""
+"""Time inference callables on one input: one alone (warm-up, timed repeats, then one call for memory),
+or several side by side in interleaved rounds."""
 from __future__ import annotations
 
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,13 +47,7 @@ def measure(run: Callable[[torch.Tensor], object], images: torch.Tensor, warmup:
     with torch.no_grad():
         for _ in range(warmup):
             run(images)
-        seconds = []
-        for _ in range(repeats):
-            _synchronize(device)
-            start = time.perf_counter()
-            run(images)
-            _synchronize(device)
-            seconds.append(time.perf_counter() - start)
+        seconds = _timed_calls(run, images, repeats)
         held_after = held_bytes(device)
         peak = peak_memory_increase(lambda: run(images), device)
     memory = None if None in (held_before, held_after, peak) else held_after - held_before + peak
@@ -60,6 +56,39 @@ def measure(run: Callable[[torch.Tensor], object], images: torch.Tensor, warmup:
     return Measurement(batch_size=len(images), latency_ms_median=float(median), latency_ms_p90=float(p90),
                        latency_ms_iqr=float(p75 - p25), throughput=float(len(images) * 1e3 / median),
                        memory_mb=None if memory is None else memory / 1e6)
+
+
+def side_by_side(runs: Sequence[Callable[[torch.Tensor], object]], images: torch.Tensor, rounds: int = 5,
+                 calls: int = 10, warmup: int = 3) -> list[list[float]]:
+    """Each of ``runs``' median latency on ``images`` in every round, in milliseconds.
+
+    After ``warmup`` untimed calls each, every round times ``calls`` calls of each run in turn, so
+    that a busy moment of the machine hits them all alike: compare the runs by their medians over
+    the rounds. Timing each alone, minutes apart, can make the faster of two models look slower.
+    """
+    if rounds < 1 or calls < 1:
+        raise ConfigError(f"rounds and calls must be at least 1, not {rounds} and {calls}")
+    medians: list[list[float]] = [[] for _ in runs]
+    with torch.no_grad():
+        for run in runs:
+            for _ in range(warmup):
+                run(images)
+        for _ in range(rounds):
+            for run, times in zip(runs, medians):
+                times.append(statistics.median(_timed_calls(run, images, calls)) * 1e3)
+    return medians
+
+
+def _timed_calls(run: Callable[[torch.Tensor], object], images: torch.Tensor, calls: int) -> list[float]:
+    """Seconds of each of ``calls`` calls of ``run(images)``, one by one."""
+    seconds = []
+    for _ in range(calls):
+        _synchronize(images.device)
+        start = time.perf_counter()
+        run(images)
+        _synchronize(images.device)
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def _synchronize(device: torch.device) -> None:

@@ -2,20 +2,22 @@
 
 Every step starts from the previous step's file and writes its own under ``out/<n>-<step>/``, so
 a failed step leaves the earlier ones usable. After each, the same record is taken: parameters,
-MACs, file size, batch-1 CPU latency and top-1 on the data's val/test split.
+MACs, file size and top-1 on the data's val/test split; at the end, every file's batch-1 CPU
+latency, all timed side by side in the same rounds.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import shutil
+import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..atomic import atomic_path
-from ..bench.measure import measure
+from ..bench.measure import side_by_side
 from ..complexity import count_macs
 from ..config import DataConfig, DistillConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from ..data.loaders import build_loaders
@@ -31,6 +33,7 @@ STEPS = ("prune", "distill", "quantize", "export")  # the order they run in
 # prune: training images the pruned network's BN statistics are re-estimated on (and the taylor
 # criterion's loss measured on), in batches of this size
 PRUNE_IMAGES, PRUNE_BATCH = 256, 32
+LATENCY_ROUNDS, LATENCY_CALLS = 5, 10  # batch-1 latency: rounds of calls per file, all files in each round
 
 
 @dataclass
@@ -75,7 +78,7 @@ class StepRecord:
     params: int | None  # None for an INT8 graph: its parameters are not PyTorch's
     macs: int
     megabytes: float
-    latency_ms: float  # batch 1, CPU, median of 20
+    latency_ms: float | None  # batch 1, CPU: filled in by time_records, all files side by side
     top1: float | None  # None when no data was given to measure it on
 
 
@@ -147,6 +150,7 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
         else:  # export: the chain's deployable file, checked against what it came from
             current = _export(current, folder)
         records.append(measure_file(step, current, data, macs))
+    time_records(records)
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps([asdict(record) for record in records], indent=2) + "\n")
     return records
@@ -199,11 +203,18 @@ def _train_split(data: str) -> Path:
 
 
 def measure_file(step: str, path: Path, data: str | None, macs: int) -> StepRecord:
-    """The record of one model file: size, batch-1 CPU latency and, given ``data``, top-1."""
+    """The record of one model file: size and, given ``data``, top-1; ``time_records`` adds the latency."""
     deployed = load_deployed(path)
-    side = deployed.preprocessing.input_size
-    example = torch.randn(1, deployed.in_chans, side, side)
-    latency = measure(deployed, example, warmup=3, repeats=20).latency_ms_median
     return StepRecord(step=step, path=str(path), params=deployed.params, macs=macs,
-                      megabytes=path.stat().st_size / 1e6, latency_ms=latency,
+                      megabytes=path.stat().st_size / 1e6, latency_ms=None,
                       top1=evaluate_model(deployed, data)[0].top1 if data is not None else None)
+
+
+def time_records(records: list[StepRecord]) -> None:
+    """Set every record's batch-1 CPU latency: the median over LATENCY_ROUNDS rounds, each timing
+    every file in turn, LATENCY_CALLS calls apiece."""
+    models = [load_deployed(Path(record.path)) for record in records]
+    side = models[0].preprocessing.input_size
+    example = torch.randn(1, models[0].in_chans, side, side)
+    for record, rounds in zip(records, side_by_side(models, example, LATENCY_ROUNDS, LATENCY_CALLS)):
+        record.latency_ms = statistics.median(rounds)
