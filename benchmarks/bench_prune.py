@@ -2,7 +2,7 @@
 
 Pruning is only worth it if latency falls with the MACs: each model runs eager and through
 ONNX Runtime, before and after ``prune_model`` (random weights: speed does not depend on them),
-pruned both ways: inner and residual-stream channels (the default), and inner channels only, and
+pruned both ways: inner and residual-stream channels, and inner channels only (the default), and
 with the pruned widths rounded to each ``--round-to`` multiple of channels.
 
     .venv/bin/python benchmarks/bench_prune.py [cifar_resnet56 resnet50 ...] [--target-macs 0.5] [--threads 2]

@@ -9,6 +9,7 @@ import pytest
 from resnetlab.cli import main
 from resnetlab.compress.chain import SETTING_USERS, STEPS, ChainSettings, check_steps, compress
 from resnetlab.deployed import load_deployed
+from resnetlab.models import load_model
 from resnetlab.errors import ConfigError
 from subsets import cifar_subset
 
@@ -25,13 +26,14 @@ def small_cifar(cifar10_root, tmp_path_factory):
 def test_the_whole_chain_records_every_step(cifar_classifier, small_cifar, tmp_path, capsys):
     out = tmp_path / "chain"
     assert main(["compress", "--checkpoint", str(cifar_classifier), "--data", str(small_cifar), "--out", str(out),
-                 "--epochs", "1", "--batch-size", "32", "--calib-images", "64"]) == 0
+                 "--epochs", "1", "--batch-size", "32", "--calib-images", "64", "--prune-stream"]) == 0
     assert "original -> prune -> distill -> quantize -> export" in capsys.readouterr().out
     report = json.loads((out / "report.json").read_text())
     assert [r["step"] for r in report] == ["original", "prune (before training)", "distill", "quantize", "export"]
     original, pruned, distilled, quantized, exported = report
     assert pruned["macs"] <= 0.5 * original["macs"] and distilled["macs"] == pruned["macs"] == quantized["macs"]
     assert distilled["params"] < original["params"] and quantized["params"] is None
+    assert load_model(distilled["path"]).config.stream_channels is not None  # --prune-stream: the stream too
     assert quantized["megabytes"] < 0.5 * distilled["megabytes"]
     assert exported["path"].endswith("4-export/model.onnx") and exported["top1"] == quantized["top1"]
     assert all(0 <= r["top1"] <= 1 and r["latency_ms"] > 0 for r in report)
@@ -58,6 +60,7 @@ def test_distill_alone_trains_the_named_student(cifar_classifier, small_cifar, t
      "--round-to applies to the prune step, which --steps quantize,export leaves out"),
     (["export"], ChainSettings(precision="bf16"), "--precision applies to the prune and distill steps"),
     (["prune"], ChainSettings(temperature=2.0), "--temperature applies to the distill step"),
+    (["quantize"], ChainSettings(keep_stream=False), "--prune-stream applies to the prune step"),
     (["distill"], ChainSettings(student="cifar_resnet20", calib_images=64), "--calib-images applies to the quantize"),
     (["prune"], ChainSettings(epochs=0, precision="bf16"), "--precision applies to training, and --epochs 0"),
 ])

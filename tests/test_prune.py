@@ -102,8 +102,8 @@ def test_a_pruned_model_can_be_pruned_again(name):
     # Iterative pruning: the second round starts from the pruned widths, stream included, and
     # still keeps the live quarter (0.7 of the MACs twice keeps about 70% of the channels).
     model = kill_three_quarters(create_model(name, num_classes=10, zero_init_residual=False))
-    once = prune_model(model, 0.7, multiple=1)
-    twice = prune_model(once, 0.7, multiple=1)
+    once = prune_model(model, 0.7, keep_stream=False, multiple=1)
+    twice = prune_model(once, 0.7, keep_stream=False, multiple=1)
     assert all(after < before for before, after in zip(once.config.stream_channels, twice.config.stream_channels))
     assert count_macs(twice) <= 0.7 * count_macs(once)
     assert_same_outputs(model, twice, 32 if name.startswith("cifar") else 64)
@@ -112,7 +112,7 @@ def test_a_pruned_model_can_be_pruned_again(name):
 def test_a_multiple_too_coarse_for_the_target_is_refused():
     # cifar_resnet20's first stage is 16 channels wide: rounded to 16, it cannot shrink at all.
     with pytest.raises(ConfigError, match="keeps 60% of its MACs with 16 channels per layer"):
-        prune_model(create_model("cifar_resnet20", num_classes=10), 0.5, keep_stream=True, multiple=16)
+        prune_model(create_model("cifar_resnet20", num_classes=10), 0.5, multiple=16)
     with pytest.raises(ConfigError, match="round to a multiple of at least 1, not 0"):
         prune_model(create_model("cifar_resnet20", num_classes=10), 0.5, multiple=0)
 
@@ -181,15 +181,15 @@ def test_stream_widths_that_break_an_addition_are_refused(streams, message):
 ])
 def test_impossible_pruning_requests_are_refused(name, options, target, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        prune_model(create_model(name, num_classes=10, **options), target)
+        prune_model(create_model(name, num_classes=10, **options), target, keep_stream=False)
 
 
 def test_prune_command_fine_tunes_on_real_data(cifar_classifier, cifar10_root, tmp_path, capsys):
     data = cifar_subset(cifar10_root, tmp_path / "data", train_per_class=100, test_per_class=50)
     out = tmp_path / "pruned"
     assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--target-macs", "0.5",
-                 "--criterion", "taylor", "--finetune-epochs", "2", "--batch-size", "32", "--precision", "bf16",
-                 "--round-to", "8", "--out", str(out)]) == 0
+                 "--criterion", "taylor", "--prune-stream", "--finetune-epochs", "2", "--batch-size", "32",
+                 "--precision", "bf16", "--round-to", "8", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "pruned to 0.5 of its MACs" in printed and "prune (before training)" in printed
     handed_on = json.loads((out / "report.json").read_text())[-1]["path"]
@@ -229,21 +229,29 @@ def test_recalibrated_statistics_are_the_average_over_the_batches():
     assert all(torch.equal(tensor, learned[name]) for name, tensor in model.named_parameters())
 
 
-def test_recalibrating_on_no_images_is_refused_and_changes_nothing():
-    model = create_model("cifar_resnet20", num_classes=10)
+@pytest.mark.parametrize("batches, error, message", [
+    ([], ConfigError, "needs training images"),
+    ([torch.randn(4, 3, 32, 32), torch.randn(4, 5, 32, 32)], RuntimeError, "channels"),  # the second cannot run
+])
+def test_recalibration_that_fails_changes_nothing(batches, error, message):
+    model = create_model("cifar_resnet20", num_classes=10).eval()
+    model.stages[0][0].bn1.train()  # a mix of modes, each kept
+    modes = [norm.training for norm in batch_norms(model)]
     before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ConfigError, match="needs training images"):
-        recalibrate_batch_norm(model, [])
+    with pytest.raises(error, match=message):
+        recalibrate_batch_norm(model, batches)
     assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+    assert [norm.training for norm in batch_norms(model)] == modes and sum(modes) == 1
+    assert all(norm.momentum == 0.1 for norm in batch_norms(model))
 
 
 def test_pruning_re_estimates_the_statistics_and_wins_back_accuracy(cifar_classifier, cifar10_root, tmp_path):
     data = cifar_subset(cifar10_root, tmp_path / "data", train_per_class=30, test_per_class=50)
-    assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--keep-stream",
+    assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data),
                  "--finetune-epochs", "0", "--out", str(tmp_path / "pruned")]) == 0
     _, pruned = json.loads((tmp_path / "pruned" / "report.json").read_text())
     # The same pruning, left with the statistics of the wider network it came from.
-    stale = save_weights(prune_model(load_model(cifar_classifier), 0.5, keep_stream=True), tmp_path / "stale.safetensors")
+    stale = save_weights(prune_model(load_model(cifar_classifier), 0.5), tmp_path / "stale.safetensors")
     stale_top1 = evaluate_model(load_deployed(stale), str(data))[0].top1
     assert pruned["top1"] > stale_top1 + 0.05
 
@@ -251,7 +259,7 @@ def test_pruning_re_estimates_the_statistics_and_wins_back_accuracy(cifar_classi
 def test_bench_counts_the_pruned_widths(tmp_path):
     from resnetlab.bench.run import run_benchmark
 
-    pruned = prune_model(create_model("cifar_resnet20", num_classes=10), 0.5)
+    pruned = prune_model(create_model("cifar_resnet20", num_classes=10), 0.5, keep_stream=False)
     path = save_weights(pruned, tmp_path / "pruned.safetensors")
     (row,) = run_benchmark([], checkpoint=str(path), threads=1, warmup=0, repeats=1)
     assert row.macs == count_macs(pruned) and row.params == count_parameters(pruned)

@@ -48,8 +48,9 @@ def add_export_parser(commands) -> None:
 
     prune = commands.add_parser(
         "prune", help="structured channel pruning to a MAC budget, then fine-tuning",
-        description="Remove the weakest channels, inside each block and of the residual stream (those a "
-                    "shortcut ties together go together), until the network has --target-macs of its MACs; "
+        description="Remove the weakest channels inside each block (with --prune-stream, of the residual "
+                    "stream too: the channels a shortcut ties together go together) until the network has "
+                    "--target-macs of its MACs; "
                     "re-estimate its BN statistics on 256 training images, fine-tune it on --data, and save "
                     "a smaller dense model (plain config + weights).")
     prune.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
@@ -59,8 +60,8 @@ def add_export_parser(commands) -> None:
     prune.add_argument("--criterion", default=ChainSettings.criterion, choices=["l1", "bn-gamma", "taylor"],
                        help="how a channel is ranked: its filters' L1 norm, its BN scales, or the loss change "
                             "its removal causes on 256 training images, to first order (default l1)")
-    prune.add_argument("--keep-stream", action="store_true",
-                       help="prune each block's inner channels only; keep the residual stream whole")
+    prune.add_argument("--prune-stream", dest="keep_stream", action="store_false",
+                       help="prune the residual stream's channels too, not only each block's inner ones")
     add_round_to_argument(prune)
     prune.add_argument("--finetune-epochs", type=int, default=ChainSettings.epochs,
                        help=f"0 skips fine-tuning (default {ChainSettings.epochs})")
@@ -192,7 +193,8 @@ def add_compress_parser(commands) -> None:
                        help="prune: fraction of the MACs to keep")
     chain.add_argument("--criterion", default=ChainSettings.criterion, choices=["l1", "bn-gamma", "taylor"],
                        help="prune: channel ranking")
-    chain.add_argument("--keep-stream", action="store_true", help="prune: inner channels only, the stream whole")
+    chain.add_argument("--prune-stream", dest="keep_stream", action="store_false",
+                       help="prune: the residual stream's channels too, not only the inner ones")
     add_round_to_argument(chain)
     chain.add_argument("--student", help="distill without prune: the architecture to train")
     chain.add_argument("--epochs", type=int, default=ChainSettings.epochs,

@@ -23,7 +23,7 @@ from ..config import DataConfig, DistillConfig, ModelConfig, OptimConfig, Schedu
 from ..data.loaders import build_loaders
 from ..deployed import load_deployed
 from ..engine.evaluation import evaluate_model
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..export import export_model, read_export_metadata
 from ..models import ResNet, load_model, save_weights
 from .prune import CHANNEL_MULTIPLE, check_budget, prune_model, recalibrate_batch_norm, width_options
@@ -42,7 +42,7 @@ class ChainSettings:
 
     target_macs: float = 0.5  # prune: fraction of the MACs to keep
     criterion: str = "l1"  # prune: how channels are ranked
-    keep_stream: bool = False  # prune: inner channels only, the residual stream whole
+    keep_stream: bool = True  # prune: inner channels only, the residual stream whole (False: both)
     channel_multiple: int = CHANNEL_MULTIPLE  # prune: every pruned width a multiple of this many channels
     student: str | None = None  # distill without prune: the architecture to train (with prune: the pruned net)
     epochs: int = 5  # training after pruning (0: none), or of the student
@@ -58,7 +58,7 @@ TRAINING_STEPS = ("prune", "distill")  # prune fine-tunes what it pruned; distil
 SETTING_USERS = {  # ChainSettings field: (its flag, the steps that read it)
     "target_macs": ("--target-macs", ("prune",)),
     "criterion": ("--criterion", ("prune",)),
-    "keep_stream": ("--keep-stream", ("prune",)),
+    "keep_stream": ("--prune-stream", ("prune",)),
     "channel_multiple": ("--round-to", ("prune",)),
     "student": ("--student", ("distill",)),
     "epochs": ("--epochs", TRAINING_STEPS),
@@ -124,6 +124,7 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
     if (out / "report.json").exists():
         raise ConfigError(f"{out} already holds a compression report; choose another --out")
     original = load_model(checkpoint).eval()
+    batches = _training_batches(original, data) if "prune" in steps else None  # before any long work
     macs = count_macs(original)  # changes only with the architecture: INT8 and export keep the arithmetic
     records = [measure_file("original", checkpoint, data, macs)]
     current = checkpoint
@@ -131,7 +132,6 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
         folder = out / f"{number}-{step}"
         if step == "prune":
             model = load_model(current).eval()
-            batches = _training_batches(model, data)
             pruned = prune_model(model, settings.target_macs, settings.criterion, settings.keep_stream,
                                  batches if settings.criterion == "taylor" else None, settings.channel_multiple)
             recalibrate_batch_norm(pruned, [images for images, _ in batches])
@@ -179,8 +179,14 @@ def _train(start: Path | None, data: str, out: Path, settings: ChainSettings, te
 
 
 def _training_batches(model: ResNet, data: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """PRUNE_IMAGES training images of ``data``, as training sees them, with their labels."""
-    train_loader, _, _ = build_loaders(DataConfig(data=data, batch_size=PRUNE_BATCH), model.preprocessing)
+    """PRUNE_IMAGES training images of ``data`` with their labels, prepared as for evaluation (no
+    augmentation: the BN statistics measured on them are the ones inference will use)."""
+    config = DataConfig(data=data, batch_size=PRUNE_BATCH, augment="none")
+    try:
+        train_loader, _, _ = build_loaders(config, model.preprocessing)
+    except DataError as error:
+        raise DataError(f"prune measures the pruned network's BN statistics on {PRUNE_BATCH} or more training "
+                        f"images: {error}") from error
     return list(itertools.islice(train_loader, PRUNE_IMAGES // PRUNE_BATCH))
 
 

@@ -8,7 +8,9 @@ Two kinds of channels go, ranked by how little they carry:
   write, and every block of the next stage reads. A channel of the stream is one channel for all
   of them, and for the stages an identity or zero-padding shortcut joins to it: it is ranked by
   the sum of its scores there and kept or removed everywhere at once, so every addition stays
-  aligned. ``keep_stream=True`` leaves the stream whole and prunes inner channels only.
+  aligned. By default (``keep_stream=True``) the stream stays whole and inner channels alone go:
+  on a trained cifar_resnet56 at half the MACs that kept far more accuracy (BENCHMARKS.md);
+  ``keep_stream=False`` prunes both.
 
 Criteria: ``l1``, the L1 norm of the filters that make a channel (Li et al., ICLR 2017);
 ``bn-gamma``, the absolute scales its BNs give it (Liu et al., network slimming, ICCV 2017);
@@ -23,8 +25,8 @@ back; nothing is pickled.
 
 The BN statistics a pruned network inherits describe the wider network's activations, not its
 own: ``recalibrate_batch_norm`` measures them afresh on a few hundred training images (adaptive
-BN, Li et al., EagleEye, ECCV 2020). On a trained cifar_resnet56 pruned to half its MACs, that
-took top-1 before any training from 13% to 61%.
+BN, Li et al., EagleEye, ECCV 2020). On a trained cifar_resnet56 pruned to half its MACs (inner
+channels, l1), that took top-1 before any training from 12.7% to 60.9% (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -83,7 +85,7 @@ def prunable(model: ResNet, keep_stream: bool) -> None:
                           "channels would have to go a whole group at a time")
     if config.attention is not None and not keep_stream:
         raise ConfigError("pruning the residual stream of squeeze-excite models is not supported (their "
-                          "attention widths follow it); keep the stream whole and prune inner channels only")
+                          "attention widths follow it); leave out --prune-stream to prune inner channels only")
 
 
 def pruned_config(config: ResNetConfig, keep: float, keep_stream: bool, multiple: int = 1) -> ResNetConfig:
@@ -117,7 +119,7 @@ def check_budget(target_macs: float, multiple: int) -> None:
         raise ConfigError(f"channel widths round to a multiple of at least 1, not {multiple}")
 
 
-def budget_config(model: ResNet, target_macs: float, keep_stream: bool = False, input_size: int | None = None,
+def budget_config(model: ResNet, target_macs: float, keep_stream: bool = True, input_size: int | None = None,
                   multiple: int = CHANNEL_MULTIPLE) -> ResNetConfig:
     """The pruned widths with at most ``target_macs`` x the MACs: the largest uniform fraction of the
     channels that fits, then, for widths rounded to a ``multiple``, the budget that rounding left."""
@@ -179,7 +181,7 @@ def _widenings(original: ResNetConfig, config: ResNetConfig, multiple: int) -> l
     return options
 
 
-def prune_model(model: ResNet, target_macs: float, criterion: str = "l1", keep_stream: bool = False,
+def prune_model(model: ResNet, target_macs: float, criterion: str = "l1", keep_stream: bool = True,
                 batches: Iterable[tuple[torch.Tensor, torch.Tensor]] | None = None,
                 multiple: int = CHANNEL_MULTIPLE) -> ResNet:
     """A new, smaller ``model`` with at most ``target_macs`` of its MACs; the original is untouched.
@@ -207,13 +209,13 @@ def prune_model(model: ResNet, target_macs: float, criterion: str = "l1", keep_s
 
 
 def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> None:
-    """Replace every BN layer's running mean and variance, in place, by their average over
-    ``batches`` of normalised images; nothing else changes, and the model keeps its mode."""
+    """Replace every BN layer's running statistics (mean, variance, batch count), in place, by
+    their average over ``batches`` of normalised images. The weights and every module's mode stay;
+    if a batch fails, the old statistics come back."""
     if not batches:
         raise ConfigError("re-estimating the BN statistics needs training images, and got none")
     norms = [module for module in model.modules() if isinstance(module, nn.BatchNorm2d)]
-    modes = [norm.training for norm in norms]
-    momenta = [norm.momentum for norm in norms]
+    saved = [(norm.training, norm.momentum, copy.deepcopy(norm.state_dict())) for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # a cumulative average: every batch counts the same
@@ -222,8 +224,12 @@ def recalibrate_batch_norm(model: nn.Module, batches: list[torch.Tensor]) -> Non
         with torch.no_grad():
             for images in batches:
                 model(images)
+    except BaseException:
+        for norm, (_, _, statistics) in zip(norms, saved):
+            norm.load_state_dict(statistics)
+        raise
     finally:
-        for norm, mode, momentum in zip(norms, modes, momenta):
+        for norm, (mode, momentum, _) in zip(norms, saved):
             norm.train(mode)
             norm.momentum = momentum
 
