@@ -26,7 +26,7 @@ back; nothing is pickled.
 The BN statistics a pruned network inherits describe the wider network's activations, not its
 own: ``recalibrate_batch_norm`` measures them afresh on a few hundred training images (adaptive
 BN, Li et al., EagleEye, ECCV 2020). On a trained cifar_resnet56 pruned to half its MACs (inner
-channels, l1), that took top-1 before any training from 12.7% to 60.9% (BENCHMARKS.md).
+channels, l1), that took top-1 before any training from 12.7% to 59.8% (BENCHMARKS.md).
 """
 from __future__ import annotations
 
