@@ -67,8 +67,12 @@ def test_pruning_dead_channels_leaves_the_outputs_unchanged(name, keep_stream, c
     model = kill_three_quarters(create_model(name, num_classes=10, zero_init_residual=False))
     size = 32 if name.startswith("cifar") else 64
     batches = [(torch.randn(8, 3, size, size), torch.randint(0, 10, (8,)))]
+    before = copy.deepcopy(model.state_dict())
     pruned = prune_model(model, target_macs=0.5, criterion=criterion, keep_stream=keep_stream,
                          batches=batches).eval()
+    # compress passes the original it measures; pruning must not touch it
+    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+    assert all(parameter.grad is None for parameter in model.parameters())
     assert (pruned.config.stream_channels is None) == keep_stream
     assert_same_outputs(model, pruned, size)
     assert count_macs(pruned) <= 0.5 * count_macs(model)

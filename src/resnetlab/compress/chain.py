@@ -114,7 +114,7 @@ def _check_settings_are_used(steps: list[str], settings: ChainSettings) -> None:
             step_names = " and ".join(users) + (" steps" if len(users) > 1 else " step")
             raise ConfigError(f"{flag} applies to the {step_names}, which --steps {','.join(steps)} leaves out")
         if users == TRAINING_STEPS and field != "epochs" and not trains:
-            raise ConfigError(f"{flag} applies to training, and --epochs 0 leaves the pruned network untrained")
+            raise ConfigError(f"{flag} applies to training, and with 0 epochs the pruned network is not trained")
 
 
 def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Path,
@@ -131,8 +131,7 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
     for number, step in enumerate(steps, start=1):
         folder = out / f"{number}-{step}"
         if step == "prune":
-            model = load_model(current).eval()
-            pruned = prune_model(model, settings.target_macs, settings.criterion, settings.keep_stream,
+            pruned = prune_model(original, settings.target_macs, settings.criterion, settings.keep_stream,
                                  batches if settings.criterion == "taylor" else None, settings.channel_multiple)
             recalibrate_batch_norm(pruned, [images for images, _ in batches])
             current, macs = save_weights(pruned, folder / "pruned.safetensors"), count_macs(pruned)
