@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from resnetlab import load_model
+from resnetlab import create_model, load_model, save_weights
 from resnetlab.cli import main
 from resnetlab.export import export_model
 from resnetlab.image_input import normalize, read_crop
@@ -178,7 +178,7 @@ def test_metadata_and_schema_describe_the_model(service, cifar_classifier):
     model = load_model(cifar_classifier)
     assert metadata["arch"] == model.arch and metadata["class_names"] == model.class_names
     assert metadata["preprocessing"]["input_size"] == model.preprocessing.input_size
-    assert metadata["limits"]["max_images"] == 8 and metadata["embedding_dim"] == model.num_features
+    assert metadata["limits"]["max_images"] == 8 and metadata["limits"]["max_queue"] == 256 and metadata["embedding_dim"] == model.num_features
     assert metadata["endpoints"] == ["/embed", "/health", "/metadata", "/metrics", "/predict"]
     schema = httpx.get(f"{service.url}/openapi.json").json()
     assert {"/predict", "/embed", "/health", "/metadata", "/metrics"} <= set(schema["paths"])
@@ -238,6 +238,29 @@ def test_concurrent_requests_share_batches_and_get_their_own_answers(cifar_class
                                                                           abs=1e-5)
 
 
+def test_an_overloaded_service_answers_503_at_once_and_recovers(images, tmp_path):
+    # A ResNet-50 on one thread takes a good fraction of a second per image, so the second of these
+    # requests finds the queue holding the first's: it cannot wait, and is refused whole.
+    checkpoint = save_weights(create_model("resnet50"), tmp_path / "resnet50.safetensors")
+    with ServiceProcess(checkpoint, "--threads", "1", "--backend", "eager", "--max-batch", "1",
+                        "--max-images", "2", "--max-queue", "2") as busy:
+        async def all_at_once():
+            async with httpx.AsyncClient(timeout=120) as client:
+                return await asyncio.gather(*[client.post(f"{busy.url}/predict", files=form(images[:2]))
+                                              for _ in range(6)])
+
+        answers = asyncio.run(all_at_once())
+        refused = [answer for answer in answers if answer.status_code == 503]
+        assert 1 <= len(refused) < len(answers), [answer.status_code for answer in answers]
+        assert metric(busy, "resnetlab_errors_total", endpoint="/predict", status="503") == len(refused)
+        later = httpx.post(f"{busy.url}/predict", files=form(images[:2]), timeout=120)
+    for answer in answers:
+        assert answer.status_code in (200, 503), answer.text
+    for answer in refused:
+        assert "busy" in answer.json()["error"] and answer.headers["retry-after"] == "1"
+    assert later.status_code == 200 and len(later.json()["predictions"]) == 2
+
+
 def test_shutdown_finishes_the_request_in_flight(cifar_classifier, images):
     image = images[-1].read_bytes()
     with ServiceProcess(cifar_classifier, "--threads", "1", "--backend", "eager") as stopping:
@@ -287,6 +310,7 @@ def test_workers_each_load_the_model_and_answer(cifar_classifier, images, servic
     (["--checkpoint", "model.bin"], "neither a .safetensors"),
     (["--max-batch", "0"], "max-batch must be positive"),
     (["--max-wait-ms", "-1"], "max-wait-ms must be 0 or more"),
+    (["--max-images", "64", "--max-queue", "16"], "max-queue (16) must hold at least one whole request"),
     (["--backend", "tensorrt"], "unknown backend"),
     (["--workers", "2", "--backend", "tensorrt"], "unknown backend"),
 ])

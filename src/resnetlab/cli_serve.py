@@ -29,6 +29,9 @@ def add_serve_parser(commands) -> None:
                        help=f"images per forward pass; 1 turns batching off (default {defaults.max_batch})")
     serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,
                        help=f"how long a batch waits to fill (default {defaults.max_wait_ms:g})")
+    serve.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                       help="images that may wait for a batch; past it a request gets 503 and a Retry-After "
+                            f"at once (default {defaults.max_queue})")
     serve.add_argument("--top-k", type=int, default=defaults.top_k,
                        help=f"labels per image unless a request asks (default {defaults.top_k})")
     serve.add_argument("--max-body-mb", type=float, default=defaults.max_body_mb,
@@ -56,7 +59,8 @@ def cmd_serve(args: argparse.Namespace, console) -> None:
 
     settings = ServeSettings(
         checkpoint=str(args.checkpoint), host=args.host, port=args.port, workers=args.workers, threads=args.threads,
-        backend=args.backend, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, top_k=args.top_k,
+        backend=args.backend, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        top_k=args.top_k,
         max_body_mb=args.max_body_mb, max_images=args.max_images, max_pixels=args.max_pixels,
         request_timeout_s=args.request_timeout, graceful_timeout_s=args.graceful_timeout)
     server_options = {"host": settings.host, "port": settings.port, "log_level": "info",

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from .batcher import DynamicBatcher
+from .batcher import DynamicBatcher, QueueFull
 from .metrics import ServeMetrics
 from .middleware import RecordMetrics, RequestLimits
 from .model import ImageOutput, ServedModel
@@ -25,6 +25,7 @@ from .settings import ServeSettings
 from .uploads import RequestError, decode_uploads, read_uploads
 
 log = logging.getLogger(__name__)
+RETRY_AFTER_S = 1  # what a 503 for a full queue tells the client to wait
 
 
 def create_app(settings: ServeSettings, model: ServedModel | None = None) -> FastAPI:
@@ -32,7 +33,8 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     torch.set_num_threads(settings.threads_per_worker)  # before the backends size their thread pools
     model = model or ServedModel(settings.checkpoint, settings.backend)
     metrics = ServeMetrics(settings.max_batch)
-    batcher = DynamicBatcher(model.infer, settings.max_batch, settings.max_wait_ms, metrics.record_batch)
+    batcher = DynamicBatcher(model.infer, settings.max_batch, settings.max_wait_ms, settings.max_queue,
+                             metrics.record_batch)
     metrics.queued.set_function(lambda: batcher.queued)
 
     @asynccontextmanager
@@ -49,11 +51,16 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
 
     async def images_through_model(request: Request) -> tuple[list[str], list[ImageOutput], Latency]:
         started = time.perf_counter()
-        with batcher.incoming():
-            uploads = await read_uploads(request, settings.max_images)
-            crops = await decode_uploads(uploads, model, settings.max_pixels)
-        decoded = time.perf_counter()
-        outputs = await batcher.submit(crops)
+        try:
+            batcher.check_room(1)  # a full queue refuses before the body is read and decoded
+            with batcher.incoming():
+                uploads = await read_uploads(request, settings.max_images)
+                crops = await decode_uploads(uploads, model, settings.max_pixels)
+            decoded = time.perf_counter()
+            outputs = await batcher.submit(crops)
+        except QueueFull as error:
+            raise RequestError(503, f"the service is busy: {error}; retry shortly",
+                               headers={"Retry-After": str(RETRY_AFTER_S)}) from error
         done = time.perf_counter()
         return [upload.name for upload in uploads], outputs, Latency(
             decode_ms=1000 * (decoded - started), inference_ms=1000 * (done - decoded), total_ms=1000 * (done - started))
@@ -89,6 +96,7 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
         return {**model.metadata(), "version": __version__, "endpoints": sorted(
                     route.path for route in app.routes if getattr(route, "include_in_schema", False)),
                 "limits": {"max_batch": settings.max_batch, "max_wait_ms": settings.max_wait_ms,
+                           "max_queue": settings.max_queue,
                            "max_images": settings.max_images, "max_body_bytes": settings.max_body_bytes,
                            "max_pixels": settings.max_pixels, "top_k": settings.top_k}}
 
@@ -119,7 +127,7 @@ def _answer_errors_as_json(app: FastAPI) -> None:
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, error: RequestError) -> JSONResponse:
-        return JSONResponse({"error": error.message}, status_code=error.status)
+        return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException) -> JSONResponse:

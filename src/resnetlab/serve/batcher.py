@@ -4,7 +4,9 @@ A batch runs when ``max_batch`` images have joined it, or when its first image h
 ``max_wait_ms``, or at once when no other request is on its way (being read or decoded):
 then waiting could only add latency. Batches run one at a time on a thread of their own, so
 the event loop keeps accepting and reading requests meanwhile; what arrives while a batch
-runs forms the next one.
+runs forms the next one. At most ``max_queued`` images wait: past that, ``submit`` refuses with
+``QueueFull`` and queues nothing, so an overloaded server answers at once instead of letting every
+request wait longer and longer.
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ import torch
 Output = TypeVar("Output")
 
 
+class QueueFull(Exception):
+    """No room in the queue for a request's images; nothing of the request was queued."""
+
+
 class _Entry(NamedTuple):
     item: torch.Tensor
     future: asyncio.Future
@@ -27,9 +33,10 @@ class _Entry(NamedTuple):
 
 class DynamicBatcher(Generic[Output]):
     def __init__(self, run: Callable[[torch.Tensor], list[Output]], max_batch: int, max_wait_ms: float,
-                 on_batch: Callable[[int], None] = lambda size: None):
+                 max_queued: int, on_batch: Callable[[int], None] = lambda size: None):
         self.run = run  # a batch (N x ...) to one output per row, in order
         self.max_batch = max_batch
+        self.max_queued = max_queued  # images waiting for a batch, not counting the batch running
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch  # told each batch's size, for the metrics
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
@@ -40,6 +47,12 @@ class DynamicBatcher(Generic[Output]):
     @property
     def queued(self) -> int:
         return self._queue.qsize()
+
+    def check_room(self, images: int) -> None:
+        """Raise ``QueueFull`` unless ``images`` more fit in the queue."""
+        if self.queued + images > self.max_queued:
+            raise QueueFull(f"{self.queued} images are already waiting for the model, and the queue holds at "
+                            f"most {self.max_queued}")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve_batches())
@@ -63,6 +76,7 @@ class DynamicBatcher(Generic[Output]):
 
     async def submit(self, items: list[torch.Tensor]) -> list[Output]:
         """Outputs for each item (equal shapes), possibly computed in several batches with other requests'."""
+        self.check_room(len(items))
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in items]
         for item, future in zip(items, futures):

@@ -55,6 +55,8 @@ ERROR_RESPONSES = {
     413: {"model": ErrorResponse, "description": "Too many bytes, images or pixels"},
     415: {"model": ErrorResponse, "description": "Not an image, or a content type the service does not take"},
     422: {"model": ErrorResponse, "description": "A query parameter out of range"},
+    503: {"model": ErrorResponse, "description": "Too many images already waiting for the model (--max-queue); "
+                                                 "retry after the seconds in the Retry-After header"},
 }
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}

@@ -21,6 +21,7 @@ class ServeSettings:
     backend: str = "auto"  # how `optimize` runs a .safetensors model; .onnx and .pt files run as they were written
     max_batch: int = 32  # images one forward pass may group from concurrent requests
     max_wait_ms: float = 5.0  # how long the first image of a batch waits for others
+    max_queue: int = 256  # images waiting for a batch; a request that would go past it gets 503 at once
     top_k: int = 5  # labels returned per image unless the request asks for another number
     max_body_mb: float = 20.0  # request bodies above this are refused with 413
     max_images: int = 64  # images one request may carry
@@ -29,12 +30,15 @@ class ServeSettings:
     graceful_timeout_s: float = 30.0  # on shutdown, in-flight requests get this long to finish
 
     def __post_init__(self) -> None:
-        positive = {"max_batch": self.max_batch, "max_images": self.max_images, "top_k": self.top_k,
-                    "workers": self.workers, "max_pixels": self.max_pixels, "max_body_mb": self.max_body_mb,
-                    "request_timeout_s": self.request_timeout_s}
+        positive = {"max_batch": self.max_batch, "max_queue": self.max_queue, "max_images": self.max_images,
+                    "top_k": self.top_k, "workers": self.workers, "max_pixels": self.max_pixels,
+                    "max_body_mb": self.max_body_mb, "request_timeout_s": self.request_timeout_s}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, not {value}")
+        if self.max_queue < self.max_images:
+            raise ConfigError(f"max-queue ({self.max_queue}) must hold at least one whole request: "
+                              f"max-images is {self.max_images}")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max-wait-ms must be 0 or more, not {self.max_wait_ms}")
         if self.graceful_timeout_s < 0:

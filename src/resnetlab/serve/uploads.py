@@ -20,10 +20,11 @@ FORM_FIELD_BYTES = 64 * 1024  # text fields besides the files are ignored; they 
 class RequestError(Exception):
     """A request the service refuses: answered with ``status`` and a JSON ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 @dataclass
