@@ -71,7 +71,7 @@ def test_pruning_dead_channels_leaves_the_outputs_unchanged(name, keep_stream, c
     pruned = prune_model(model, target_macs=0.5, criterion=criterion, keep_stream=keep_stream,
                          batches=batches).eval()
     # compress passes the original it measures; pruning must not touch it
-    assert all(torch.equal(tensor, before[name]) for name, tensor in model.state_dict().items())
+    assert all(torch.equal(tensor, before[key]) for key, tensor in model.state_dict().items())
     assert all(parameter.grad is None for parameter in model.parameters())
     assert (pruned.config.stream_channels is None) == keep_stream
     assert_same_outputs(model, pruned, size)

@@ -178,7 +178,8 @@ def test_metadata_and_schema_describe_the_model(service, cifar_classifier):
     model = load_model(cifar_classifier)
     assert metadata["arch"] == model.arch and metadata["class_names"] == model.class_names
     assert metadata["preprocessing"]["input_size"] == model.preprocessing.input_size
-    assert metadata["limits"]["max_images"] == 8 and metadata["limits"]["max_queue"] == 256 and metadata["embedding_dim"] == model.num_features
+    assert metadata["limits"]["max_images"] == 8 and metadata["limits"]["max_queue"] == 256
+    assert metadata["embedding_dim"] == model.num_features
     assert metadata["endpoints"] == ["/embed", "/health", "/metadata", "/metrics", "/predict"]
     schema = httpx.get(f"{service.url}/openapi.json").json()
     assert {"/predict", "/embed", "/health", "/metadata", "/metrics"} <= set(schema["paths"])
@@ -258,6 +259,7 @@ def test_an_overloaded_service_answers_503_at_once_and_recovers(images, tmp_path
         assert answer.status_code in (200, 503), answer.text
     for answer in refused:
         assert "busy" in answer.json()["error"] and answer.headers["retry-after"] == "1"
+        assert answer.headers["connection"] == "close"
     assert later.status_code == 200 and len(later.json()["predictions"]) == 2
 
 

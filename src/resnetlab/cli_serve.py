@@ -59,8 +59,8 @@ def cmd_serve(args: argparse.Namespace, console) -> None:
 
     settings = ServeSettings(
         checkpoint=str(args.checkpoint), host=args.host, port=args.port, workers=args.workers, threads=args.threads,
-        backend=args.backend, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
-        top_k=args.top_k,
+        backend=args.backend, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue, top_k=args.top_k,
         max_body_mb=args.max_body_mb, max_images=args.max_images, max_pixels=args.max_pixels,
         request_timeout_s=args.request_timeout, graceful_timeout_s=args.graceful_timeout)
     server_options = {"host": settings.host, "port": settings.port, "log_level": "info",

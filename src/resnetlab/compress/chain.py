@@ -114,7 +114,8 @@ def _check_settings_are_used(steps: list[str], settings: ChainSettings) -> None:
             step_names = " and ".join(users) + (" steps" if len(users) > 1 else " step")
             raise ConfigError(f"{flag} applies to the {step_names}, which --steps {','.join(steps)} leaves out")
         if users == TRAINING_STEPS and field != "epochs" and not trains:
-            raise ConfigError(f"{flag} applies to training, and with 0 epochs the pruned network is not trained")
+            raise ConfigError(f"{flag} applies to training, and with 0 epochs the pruned network is not trained: "
+                              "drop the flag, or train for 1 or more epochs")
 
 
 def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Path,

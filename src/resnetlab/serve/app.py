@@ -59,8 +59,9 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
             decoded = time.perf_counter()
             outputs = await batcher.submit(crops)
         except QueueFull as error:
+            # Connection: close, as for an early 413: the server will not read what is left of the body.
             raise RequestError(503, f"the service is busy: {error}; retry shortly",
-                               headers={"Retry-After": str(RETRY_AFTER_S)}) from error
+                               headers={"Retry-After": str(RETRY_AFTER_S), "Connection": "close"}) from error
         done = time.perf_counter()
         return [upload.name for upload in uploads], outputs, Latency(
             decode_ms=1000 * (decoded - started), inference_ms=1000 * (done - decoded), total_ms=1000 * (done - started))

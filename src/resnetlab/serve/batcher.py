@@ -4,7 +4,7 @@ A batch runs when ``max_batch`` images have joined it, or when its first image h
 ``max_wait_ms``, or at once when no other request is on its way (being read or decoded):
 then waiting could only add latency. Batches run one at a time on a thread of their own, so
 the event loop keeps accepting and reading requests meanwhile; what arrives while a batch
-runs forms the next one. At most ``max_queued`` images wait: past that, ``submit`` refuses with
+runs forms the next one. At most ``max_queue`` images wait: past that, ``submit`` refuses with
 ``QueueFull`` and queues nothing, so an overloaded server answers at once instead of letting every
 request wait longer and longer.
 """
@@ -33,10 +33,10 @@ class _Entry(NamedTuple):
 
 class DynamicBatcher(Generic[Output]):
     def __init__(self, run: Callable[[torch.Tensor], list[Output]], max_batch: int, max_wait_ms: float,
-                 max_queued: int, on_batch: Callable[[int], None] = lambda size: None):
+                 max_queue: int, on_batch: Callable[[int], None] = lambda size: None):
         self.run = run  # a batch (N x ...) to one output per row, in order
         self.max_batch = max_batch
-        self.max_queued = max_queued  # images waiting for a batch, not counting the batch running
+        self.max_queue = max_queue  # images waiting for a batch, not counting the batch running
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch  # told each batch's size, for the metrics
         self._queue: asyncio.Queue[_Entry] = asyncio.Queue()
@@ -50,9 +50,9 @@ class DynamicBatcher(Generic[Output]):
 
     def check_room(self, images: int) -> None:
         """Raise ``QueueFull`` unless ``images`` more fit in the queue."""
-        if self.queued + images > self.max_queued:
+        if self.queued + images > self.max_queue:
             raise QueueFull(f"{self.queued} images are already waiting for the model, and the queue holds at "
-                            f"most {self.max_queued}")
+                            f"most {self.max_queue}")
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._serve_batches())

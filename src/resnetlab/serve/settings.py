@@ -37,8 +37,8 @@ class ServeSettings:
             if value <= 0:
                 raise ConfigError(f"{name.replace('_', '-')} must be positive, not {value}")
         if self.max_queue < self.max_images:
-            raise ConfigError(f"max-queue ({self.max_queue}) must hold at least one whole request: "
-                              f"max-images is {self.max_images}")
+            raise ConfigError(f"max-queue ({self.max_queue}) must hold at least one whole request of "
+                              f"max-images ({self.max_images}): raise --max-queue or lower --max-images")
         if self.max_wait_ms < 0:
             raise ConfigError(f"max-wait-ms must be 0 or more, not {self.max_wait_ms}")
         if self.graceful_timeout_s < 0:
