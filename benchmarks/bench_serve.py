@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from resnetlab import create_model, save_weights
 from resnetlab.demo import extract_demo_data
 from resnetlab.serve.process import ServiceProcess
@@ -61,8 +63,8 @@ def load(port: int, image: bytes, concurrency: int, requests: int, max_seconds: 
 def images_and_batches(port: int) -> tuple[float, float]:
     connection = http.client.HTTPConnection("127.0.0.1", port)
     connection.request("GET", "/metrics")
-    text = connection.getresponse().read().decode()
-    values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("resnetlab_")}
+    families = text_string_to_metric_families(connection.getresponse().read().decode())
+    values = {sample.name: sample.value for family in families for sample in family.samples if not sample.labels}
     return values["resnetlab_images_total"], values["resnetlab_batch_size_count"]
 
 
