@@ -168,7 +168,8 @@ def test_a_torchscript_export_runs_like_the_eager_model(cifar_classifier, real_i
     (["--calib", "CALIB", "--backend", "openvino", "--calibration", "entropy"],
      "--calibration chooses ONNX Runtime's range method"),
     (["--calib", "CALIB", "--epochs", "2"], "--epochs set the fine-tune of --method qat"),
-    (["--method", "qat", "--data", "DATA", "--calib", "CALIB"], "--calib and --calibration are for --method ptq"),
+    (["--method", "qat", "--data", "DATA", "--calib", "CALIB"], "--calibration are for --method ptq"),
+    (["--method", "qat", "--data", "DATA", "--calib-images", "256"], "--calibration are for --method ptq"),
 ])
 def test_wrong_quantize_options_are_one_line_errors(cifar_classifier, cifar_eval, tmp_path, capsys, options,
                                                     message):

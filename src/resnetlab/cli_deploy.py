@@ -8,6 +8,7 @@ from pathlib import Path
 from .compress.chain import ChainSettings
 
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
+PTQ_CALIB_IMAGES = 256  # quantize --method ptq: enough images to set activation ranges
 
 
 def add_export_parser(commands) -> None:
@@ -34,7 +35,8 @@ def add_export_parser(commands) -> None:
                           help="the runtime the INT8 model is made for (default onnxruntime)")
     quantize.add_argument("--calib", type=Path,
                           help="ptq: a folder of real images like those the model will see (any layout)")
-    quantize.add_argument("--calib-images", type=int, default=256, help="ptq: how many to use (default 256)")
+    quantize.add_argument("--calib-images", type=int,
+                          help=f"ptq: how many to use (default {PTQ_CALIB_IMAGES})")
     quantize.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
                           help="ptq with onnxruntime: how activation ranges are set from them (default minmax)")
     quantize.add_argument("--data", help="qat: the image folder whose train/ split it fine-tunes on; with either "
@@ -120,7 +122,8 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
     if args.method == "ptq":
         from .compress.quantize import calibration_batches, quantize_model
 
-        calibration = calibration_batches(model, args.calib, args.calib_images)
+        calibration = calibration_batches(model, args.calib,
+                                          PTQ_CALIB_IMAGES if args.calib_images is None else args.calib_images)
         quantize_model(model, calibration, out, args.calibration, args.backend)
         how = f"{sum(len(b) for b in calibration)} calibration images"
     else:
@@ -151,7 +154,7 @@ def _check_method_options(args: argparse.Namespace) -> None:
         if args.calib is None:
             raise ConfigError("--method ptq calibrates on real images: give --calib DIR (a few hundred images "
                               "like those the model will see)")
-        if args.calib_images < 1:
+        if args.calib_images is not None and args.calib_images < 1:
             raise ConfigError(f"--calib-images must be at least 1, not {args.calib_images}")
         given = [flag for flag, value in (("--epochs", args.epochs), ("--lr", args.lr),
                                           ("--batch-size", args.batch_size)) if value is not None]
@@ -161,9 +164,9 @@ def _check_method_options(args: argparse.Namespace) -> None:
     if args.data is None:
         raise ConfigError("--method qat fine-tunes on real images: give --data DIR, a folder with train/ and "
                           "val/ or test/ splits")
-    if args.calib is not None or args.calibration is not None:
-        raise ConfigError("--method qat learns its ranges while fine-tuning on --data; --calib and "
-                          "--calibration are for --method ptq")
+    if args.calib is not None or args.calibration is not None or args.calib_images is not None:
+        raise ConfigError("--method qat learns its ranges while fine-tuning on --data; --calib, --calib-images "
+                          "and --calibration are for --method ptq")
 
 
 def cmd_prune(args: argparse.Namespace, console) -> None:
