@@ -86,8 +86,15 @@ def test_the_command_defaults_pass_the_settings_check_for_each_step_alone(steps,
     assert f"weights file {missing} does not exist" in capsys.readouterr().err
 
 
-def test_a_flag_for_a_step_left_out_is_a_one_line_error(tmp_path, capsys):
+@pytest.mark.parametrize("round_to", [16, ChainSettings.channel_multiple])  # the default too: it was given
+def test_a_flag_for_a_step_left_out_is_a_one_line_error(tmp_path, capsys, round_to):
     assert main(["compress", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", str(tmp_path),
-                 "--out", str(tmp_path / "c"), "--steps", "quantize", "--round-to", "16"]) == 2
+                 "--out", str(tmp_path / "c"), "--steps", "quantize", "--round-to", str(round_to)]) == 2
     assert capsys.readouterr().err.strip() == ("resnetlab: error: --round-to applies to the prune step, which "
                                                "--steps quantize leaves out")
+
+
+def test_prune_without_fine_tuning_refuses_a_training_flag_even_at_its_default(tmp_path, capsys):
+    assert main(["prune", "--checkpoint", str(tmp_path / "m.safetensors"), "--data", str(tmp_path),
+                 "--finetune-epochs", "0", "--lr", str(ChainSettings.lr)]) == 2
+    assert "--lr applies to training, and with 0 epochs" in capsys.readouterr().err

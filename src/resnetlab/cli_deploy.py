@@ -57,19 +57,19 @@ def add_export_parser(commands) -> None:
                     "a smaller dense model (plain config + weights).")
     prune.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
     prune.add_argument("--data", required=True, help="image folder to fine-tune on and evaluate with, or cifar10")
-    prune.add_argument("--target-macs", type=float, default=ChainSettings.target_macs,
+    prune.add_argument("--target-macs", type=float,
                        help=f"fraction of the MACs to keep (default {ChainSettings.target_macs:g})")
-    prune.add_argument("--criterion", default=ChainSettings.criterion, choices=["l1", "bn-gamma", "taylor"],
+    prune.add_argument("--criterion", choices=["l1", "bn-gamma", "taylor"],
                        help="how a channel is ranked: its filters' L1 norm, its BN scales, or the loss change "
-                            "its removal causes on 256 training images, to first order (default l1)")
-    prune.add_argument("--prune-stream", dest="keep_stream", action="store_false",
+                            f"its removal causes on 256 training images, to first order "
+                            f"(default {ChainSettings.criterion})")
+    prune.add_argument("--prune-stream", dest="keep_stream", action="store_false", default=None,
                        help="prune the residual stream's channels too, not only each block's inner ones")
     add_round_to_argument(prune)
-    prune.add_argument("--finetune-epochs", type=int, default=ChainSettings.epochs,
+    prune.add_argument("--finetune-epochs", dest="epochs", type=int, metavar="N",
                        help=f"0 skips fine-tuning (default {ChainSettings.epochs})")
-    prune.add_argument("--lr", type=float, default=ChainSettings.lr,
-                       help=f"fine-tuning peak lr (default {ChainSettings.lr:g})")
-    prune.add_argument("--batch-size", type=int, default=ChainSettings.batch_size)
+    prune.add_argument("--lr", type=float, help=f"fine-tuning peak lr (default {ChainSettings.lr:g})")
+    prune.add_argument("--batch-size", type=int, help=f"default {ChainSettings.batch_size}")
     add_precision_argument(prune)
     prune.add_argument("--out", type=Path, help="run directory (default: beside the checkpoint, pruned-<target>)")
     prune.set_defaults(run=cmd_prune)
@@ -77,7 +77,7 @@ def add_export_parser(commands) -> None:
 
 
 def add_round_to_argument(parser) -> None:
-    parser.add_argument("--round-to", type=int, default=ChainSettings.channel_multiple, metavar="N",
+    parser.add_argument("--round-to", dest="channel_multiple", type=int, metavar="N",
                         help="prune: make every pruned width a multiple of N channels, which keeps CPU vector "
                              "registers full: 8 for AVX2, 16 for AVX-512 "
                              f"(default {ChainSettings.channel_multiple}; 1: exact widths)")
@@ -86,7 +86,7 @@ def add_round_to_argument(parser) -> None:
 def add_precision_argument(parser) -> None:
     from .config import PRECISIONS
 
-    parser.add_argument("--precision", default=ChainSettings.precision, choices=PRECISIONS,
+    parser.add_argument("--precision", choices=PRECISIONS,
                         help="of the training, as in train: bf16 is about twice as fast as fp32 on CPUs with "
                              "native bf16 (default auto: bf16 on GPUs that have it, fp32 on CPUs)")
 
@@ -170,15 +170,22 @@ def _check_method_options(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace, console) -> None:
-    from .compress.chain import ChainSettings, compress
+    from .compress.chain import compress
 
-    settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, keep_stream=args.keep_stream,
-                             channel_multiple=args.round_to,
-                             epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size,
-                             precision=args.precision)
-    out = args.out or args.checkpoint.parent / f"pruned-{args.target_macs:g}"
-    records = compress(args.checkpoint, args.data, ["prune"], out, settings)
-    print_records(records, f"pruned to {args.target_macs:g} of its MACs", console)
+    settings, given = chain_settings(args)
+    out = args.out or args.checkpoint.parent / f"pruned-{settings.target_macs:g}"
+    records = compress(args.checkpoint, args.data, ["prune"], out, settings, given)
+    print_records(records, f"pruned to {settings.target_macs:g} of its MACs", console)
+
+
+def chain_settings(args: argparse.Namespace) -> tuple[ChainSettings, set[str]]:
+    """The settings the command was given, the defaults for the rest, and which were given: a flag for
+    a step that does not run is an error even when its value is the default."""
+    from dataclasses import fields
+
+    given = {field.name: getattr(args, field.name) for field in fields(ChainSettings)
+             if getattr(args, field.name, None) is not None}
+    return ChainSettings(**given), set(given)
 
 
 def add_compress_parser(commands) -> None:
@@ -192,38 +199,34 @@ def add_compress_parser(commands) -> None:
     chain.add_argument("--steps", default="prune,distill,quantize,export",
                        help="comma-separated, from prune, distill, quantize, export (default: all four)")
     chain.add_argument("--out", required=True, type=Path, help="folder for each step's file and report.json")
-    chain.add_argument("--target-macs", type=float, default=ChainSettings.target_macs,
-                       help="prune: fraction of the MACs to keep")
-    chain.add_argument("--criterion", default=ChainSettings.criterion, choices=["l1", "bn-gamma", "taylor"],
-                       help="prune: channel ranking")
-    chain.add_argument("--prune-stream", dest="keep_stream", action="store_false",
+    chain.add_argument("--target-macs", type=float,
+                       help=f"prune: fraction of the MACs to keep (default {ChainSettings.target_macs:g})")
+    chain.add_argument("--criterion", choices=["l1", "bn-gamma", "taylor"],
+                       help=f"prune: channel ranking (default {ChainSettings.criterion})")
+    chain.add_argument("--prune-stream", dest="keep_stream", action="store_false", default=None,
                        help="prune: the residual stream's channels too, not only the inner ones")
     add_round_to_argument(chain)
     chain.add_argument("--student", help="distill without prune: the architecture to train")
-    chain.add_argument("--epochs", type=int, default=ChainSettings.epochs,
+    chain.add_argument("--epochs", type=int,
                        help=f"training after pruning / of the student (default {ChainSettings.epochs})")
-    chain.add_argument("--lr", type=float, default=ChainSettings.lr)
-    chain.add_argument("--batch-size", type=int, default=ChainSettings.batch_size)
+    chain.add_argument("--lr", type=float, help=f"training peak lr (default {ChainSettings.lr:g})")
+    chain.add_argument("--batch-size", type=int, help=f"training batch (default {ChainSettings.batch_size})")
     add_precision_argument(chain)
-    chain.add_argument("--alpha", type=float, default=ChainSettings.alpha,
-                       help="distill: weight of the soft targets")
-    chain.add_argument("--temperature", type=float, default=ChainSettings.temperature,
-                       help="distill: softening temperature")
-    chain.add_argument("--calib-images", type=int, default=ChainSettings.calib_images,
-                       help="quantize: calibration images")
+    chain.add_argument("--alpha", type=float,
+                       help=f"distill: weight of the soft targets (default {ChainSettings.alpha:g})")
+    chain.add_argument("--temperature", type=float,
+                       help=f"distill: softening temperature (default {ChainSettings.temperature:g})")
+    chain.add_argument("--calib-images", type=int,
+                       help=f"quantize: calibration images (default {ChainSettings.calib_images})")
     chain.set_defaults(run=cmd_compress)
 
 
 def cmd_compress(args: argparse.Namespace, console) -> None:
-    from .compress.chain import ChainSettings, compress
+    from .compress.chain import compress
 
-    settings = ChainSettings(target_macs=args.target_macs, criterion=args.criterion, keep_stream=args.keep_stream,
-                             channel_multiple=args.round_to,
-                             student=args.student, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                             alpha=args.alpha, temperature=args.temperature, calib_images=args.calib_images,
-                             precision=args.precision)
+    settings, given = chain_settings(args)
     steps = [step.strip() for step in args.steps.split(",") if step.strip()]
-    records = compress(args.checkpoint, args.data, steps, args.out, settings)
+    records = compress(args.checkpoint, args.data, steps, args.out, settings, given)
     print_records(records, " -> ".join(["original", *steps]), console)
     print(f"wrote {args.out / 'report.json'}")
 

@@ -11,6 +11,7 @@ import itertools
 import json
 import shutil
 import statistics
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,7 +83,9 @@ class StepRecord:
     top1: float | None  # None when no data was given to measure it on
 
 
-def check_steps(steps: list[str], settings: ChainSettings) -> list[str]:
+def check_steps(steps: list[str], settings: ChainSettings, given: Collection[str] | None = None) -> list[str]:
+    """The steps in chain order, or a ConfigError before any work. ``given``: the settings the user set
+    (the command line passes the flags it was given); None: those that differ from the defaults."""
     unknown = [step for step in steps if step not in STEPS]
     if unknown or not steps:
         raise ConfigError(f"unknown compression step(s) {', '.join(unknown) or '(none)'}; choose from "
@@ -93,7 +96,7 @@ def check_steps(steps: list[str], settings: ChainSettings) -> list[str]:
         raise ConfigError("distill without prune needs --student NAME, the smaller architecture to train")
     if "prune" in steps and settings.student:
         raise ConfigError("--student is for distill without prune: with prune, the pruned network is the student")
-    _check_settings_are_used(steps, settings)
+    _check_settings_are_used(steps, settings, given)
     if "prune" in steps:
         check_budget(settings.target_macs, settings.channel_multiple)
     if settings.epochs < 0 or (settings.epochs < 1 and "distill" in steps):
@@ -102,13 +105,15 @@ def check_steps(steps: list[str], settings: ChainSettings) -> list[str]:
     return sorted(steps, key=STEPS.index)
 
 
-def _check_settings_are_used(steps: list[str], settings: ChainSettings) -> None:
-    """Refuse a setting changed from its default that none of ``steps`` reads: it would do nothing,
-    silently. Prune without distill reads the training settings only when it fine-tunes (epochs > 0)."""
-    defaults = ChainSettings()
+def _check_settings_are_used(steps: list[str], settings: ChainSettings, given: Collection[str] | None) -> None:
+    """Refuse a setting that none of ``steps`` reads: it would do nothing, silently. Prune without
+    distill reads the training settings only when it fine-tunes (epochs > 0)."""
+    if given is None:
+        defaults = ChainSettings()
+        given = [field for field in SETTING_USERS if getattr(settings, field) != getattr(defaults, field)]
     trains = "distill" in steps or ("prune" in steps and settings.epochs > 0)
     for field, (flag, users) in SETTING_USERS.items():
-        if getattr(settings, field) == getattr(defaults, field):
+        if field not in given:
             continue
         if not set(users) & set(steps):
             step_names = " and ".join(users) + (" steps" if len(users) > 1 else " step")
@@ -119,8 +124,8 @@ def _check_settings_are_used(steps: list[str], settings: ChainSettings) -> None:
 
 
 def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Path,
-             settings: ChainSettings = ChainSettings()) -> list[StepRecord]:
-    steps = check_steps(steps, settings)
+             settings: ChainSettings = ChainSettings(), given: Collection[str] | None = None) -> list[StepRecord]:
+    steps = check_steps(steps, settings, given)
     out, checkpoint = Path(out), Path(checkpoint)
     if (out / "report.json").exists():
         raise ConfigError(f"{out} already holds a compression report; choose another --out")
