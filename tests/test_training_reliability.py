@@ -14,13 +14,13 @@ import pytest
 import torch
 
 import resnetlab.engine.state as state_module
-from resnetlab.cli import main
+from resnetlab.cli import build_parser, main
+from resnetlab.cli_training import config_from_args
 from resnetlab.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
 from resnetlab.engine.loop import TrainingDiverged
 from resnetlab.engine.state import load_training_state, save_training_state
 from resnetlab.engine.trainer import build_schedule, train
-from resnetlab.cli_training import config_from_args
-from resnetlab.cli import build_parser
+from resnetlab.errors import ConfigError
 from subsets import cifar_subset
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -131,6 +131,17 @@ def test_the_cifar_recipe_is_the_papers_schedule_and_flags_override_it():
     schedule = build_schedule(config, steps_per_epoch=390, total_steps=64_000)
     assert [schedule(s) for s in (0, 31_999, 32_000, 47_999, 48_000, 63_999)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--recipe", str(RECIPES / "cifar10_resnet20.yaml"), "--schedule", "cosine", "--milestones", "50,75"],
+     "--milestones are the step schedule's decay points; this run's schedule is cosine: add --schedule step"),
+    (["--alpha", "0.3"], "--alpha applies to distillation from a teacher: give --teacher"),
+    (["--alpha", "0.5", "--temperature", "4"], "--alpha and --temperature apply to distillation from a teacher"),
+])
+def test_a_flag_the_run_would_not_read_is_refused(flags, message):
+    with pytest.raises(ConfigError, match=message):
+        config_from_args(build_parser().parse_args(["train", *flags]))
 
 
 def test_unknown_recipe_keys_are_refused_with_a_suggestion(tmp_path, capsys):

@@ -127,7 +127,22 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
              if getattr(args, dest) is not None]
     if args.resume is not None:
         flags += [f"out={_yaml_value(str(args.resume))}", "resume=true"]
-    return config_from_dict(apply_overrides(values, flags + args.overrides))
+    config = config_from_dict(apply_overrides(values, flags + args.overrides))
+    _check_flags_are_used(args, config)
+    return config
+
+
+def _check_flags_are_used(args: argparse.Namespace, config: TrainConfig) -> None:
+    """A flag the run would not read is an error, not silently ignored."""
+    if args.milestones is not None and config.schedule.name != "step":
+        raise ConfigError(f"--milestones are the step schedule's decay points; this run's schedule is "
+                          f"{config.schedule.name}: add --schedule step, or drop --milestones")
+    stray = [flag for flag, value in (("--alpha", args.alpha), ("--temperature", args.temperature))
+             if value is not None]
+    if stray and not config.distill.teacher:
+        named = " and ".join(stray)
+        raise ConfigError(f"{named} appl{'ies' if len(stray) == 1 else 'y'} to distillation from a teacher: give "
+                          f"--teacher RUN_DIR/best.safetensors, or leave {named} out")
 
 
 def _merge(base: dict, update: dict) -> dict:
