@@ -136,6 +136,8 @@ def test_the_cifar_recipe_is_the_papers_schedule_and_flags_override_it():
 @pytest.mark.parametrize("flags, message", [
     (["--recipe", str(RECIPES / "cifar10_resnet20.yaml"), "--schedule", "cosine", "--milestones", "50,75"],
      "--milestones are the step schedule's decay points; this run's schedule is cosine: add --schedule step"),
+    (["--optimizer", "adamw", "--momentum", "0.9"], "--momentum and --nesterov are SGD's; this run's optimizer is "
+                                                     "adamw: add --optimizer sgd"),
     (["--alpha", "0.3"], "--alpha applies to distillation from a teacher: give --teacher"),
     (["--alpha", "0.5", "--temperature", "4"], "--alpha and --temperature apply to distillation from a teacher"),
 ])

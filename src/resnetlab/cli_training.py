@@ -137,6 +137,9 @@ def _check_flags_are_used(args: argparse.Namespace, config: TrainConfig) -> None
     if args.milestones is not None and config.schedule.name != "step":
         raise ConfigError(f"--milestones are the step schedule's decay points; this run's schedule is "
                           f"{config.schedule.name}: add --schedule step, or drop --milestones")
+    if (args.momentum is not None or args.nesterov) and config.optim.name != "sgd":
+        raise ConfigError(f"--momentum and --nesterov are SGD's; this run's optimizer is {config.optim.name}: "
+                          "add --optimizer sgd, or leave them out")
     stray = [flag for flag, value in (("--alpha", args.alpha), ("--temperature", args.temperature))
              if value is not None]
     if stray and not config.distill.teacher:
