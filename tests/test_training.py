@@ -11,6 +11,8 @@ import yaml
 from resnetlab import create_model, load_model
 from resnetlab.cli import main
 from resnetlab.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig, config_from_dict
+from resnetlab.deployed import load_deployed
+from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.engine.trainer import train
 from subsets import cifar_subset
 
@@ -140,3 +142,7 @@ def test_fine_tuning_on_real_photos_of_many_sizes(hymenoptera_root, tmp_path, ca
         if key.startswith(("conv1.", "bn1.", "layer1.")):
             assert torch.equal(tuned.state_dict()[key], value), key
     assert not torch.equal(tuned.state_dict()["layer4.1.conv2.weight"], start.state_dict()["layer4.1.conv2.weight"])
+    # It trained on 64-pixel crops, and runs on them afterwards: evaluation repeats the last epoch's top-1.
+    assert (tuned.preprocessing.input_size, tuned.preprocessing.resize_size) == (64, 73)
+    evaluated, _ = evaluate_model(load_deployed(result.run_dir / "last.safetensors"), str(hymenoptera_root))
+    assert evaluated.top1 == pytest.approx(result.final_top1)

@@ -73,6 +73,15 @@ class _Images:
     file_list_hash: str
 
 
+def preprocessing_at_input_size(preprocessing: Preprocessing, input_size: int | None) -> Preprocessing:
+    """``preprocessing`` cropping to ``input_size`` (None: as it is), with the same resize-to-crop ratio
+    (256/224 for ImageNet weights)."""
+    if input_size is None:
+        return preprocessing
+    return dataclasses.replace(preprocessing, input_size=input_size,
+                               resize_size=round(input_size * preprocessing.resize_size / preprocessing.input_size))
+
+
 def build_loaders(config: DataConfig, preprocessing: Preprocessing, *, seed: int = 0, rank: int = 0,
                   world_size: int = 1) -> tuple[DataLoader, DataLoader, DataInfo]:
     """Train and val loaders for ``config``, fitted to the model's ``preprocessing``.
@@ -88,11 +97,7 @@ def build_loaders(config: DataConfig, preprocessing: Preprocessing, *, seed: int
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is not among world_size {world_size} processes")
-    if config.input_size is not None:
-        # Keep the model's resize-to-crop ratio (256/224 for ImageNet weights).
-        preprocessing = dataclasses.replace(
-            preprocessing, input_size=config.input_size,
-            resize_size=round(config.input_size * preprocessing.resize_size / preprocessing.input_size))
+    preprocessing = preprocessing_at_input_size(preprocessing, config.input_size)
     if config.data == "cifar10" or config.data.endswith(".tar.gz"):
         images = _cifar10_images(config)
     else:

@@ -13,7 +13,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..bench.hardware import has_native_bf16
 from ..config import ModelConfig, TrainConfig, config_to_dict
-from ..data.loaders import DataInfo, build_loaders
+from ..data.loaders import DataInfo, build_loaders, preprocessing_at_input_size
 from ..errors import ConfigError
 from ..models import ResNet, create_model, load_weights, model_config, save_weights
 from . import distributed
@@ -65,6 +65,8 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
                                                    rank=ctx.rank, world_size=ctx.world_size)
     model = build_model(config.model, data.num_classes, ctx)
     model.class_names = list(data.class_names)
+    # Saved with the weights: evaluate, predict, export and serve then run at the size it trained at.
+    model.preprocessing = preprocessing_at_input_size(preprocessing, config.data.input_size)
     teacher = load_teacher(config.distill, data.class_names, ctx.device, config.model.channels_last) \
         if config.distill.teacher else None
 
