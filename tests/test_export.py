@@ -74,6 +74,23 @@ def test_onnx_batch_is_dynamic_unless_asked_static(tmp_path):
         session.run(None, {"images": torch.randn(7, 3, 32, 32).numpy()})
 
 
+def test_a_static_batch_graph_is_fed_one_image_at_a_time(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet20").eval()
+    static = export_model(model, tmp_path / "static.onnx", dynamic_batch=False)
+    images = torch.randn(5, 3, 32, 32)  # as evaluate, predict, bench and serve pass them
+    with torch.no_grad():
+        torch.testing.assert_close(load_deployed(static.path)(images), model(images), atol=1e-3, rtol=0)
+
+
+def test_a_fixed_batch_that_does_not_divide_the_images_is_refused():
+    graph_batches = []
+    run = export_module.shape_checked(lambda images: graph_batches.append(len(images)) or images, [4, 3, 8, 8])
+    assert run(torch.zeros(8, 3, 8, 8)).shape == (8, 3, 8, 8) and graph_batches == [4, 4]
+    with pytest.raises(ConfigError, match="takes batches of exactly 4 images, not 6"):
+        run(torch.zeros(6, 3, 8, 8))
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d", "se_resnet50", "preact_resnet18",
                                   "preact_resnet50"])
 def test_each_block_type_exports_to_onnx(tmp_path, name):

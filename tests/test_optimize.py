@@ -69,6 +69,15 @@ def test_each_backend_matches_eager_at_any_batch_size(backend):
             assert_same_logits(optimized(images), model(images))
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_graph_backends_refuse_another_image_size_in_one_line(backend):
+    # OpenVINO, unchecked, handed back the previous call's logits for images of another size.
+    optimized = optimize(create_model("cifar_resnet20").eval(), backend)
+    assert optimized(torch.randn(3, 3, 32, 32)).shape == (3, 10)
+    with pytest.raises(ConfigError, match="graph takes batches of 3x32x32 images .*, not 3x64x64"):
+        optimized(torch.randn(2, 3, 64, 64))
+
+
 @pytest.fixture(scope="module")
 def cifar_test_images(cifar10_root):
     split = scan_split(cifar10_root / "test", 30)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,7 +183,8 @@ def onnxruntime_runner(graph: bytes | Path):
         (logits,) = session.run(None, {"images": images.detach().float().cpu().contiguous().numpy()})
         return torch.from_numpy(logits)
 
-    return run
+    # A named dimension ("batch") is dynamic; a number is fixed.
+    return shape_checked(run, [size if isinstance(size, int) else None for size in session.get_inputs()[0].shape])
 
 
 def openvino_runner(model, precision: str = "fp32"):
@@ -202,4 +204,29 @@ def openvino_runner(model, precision: str = "fp32"):
         result = request.infer({0: images.detach().float().contiguous().numpy()})
         return torch.from_numpy(result[compiled.output(0)].copy())
 
-    return run
+    # Checked here: given another image size, OpenVINO returned the previous call's logits, with no error.
+    return shape_checked(run, [dim.get_length() if dim.is_static else None
+                               for dim in compiled.input(0).get_partial_shape()])
+
+
+def shape_checked(run: Callable[[torch.Tensor], torch.Tensor], graph_shape: list[int | None]):
+    """``run`` for a graph whose input has ``graph_shape`` (None: a dynamic dimension). A fixed batch
+    size (``export --static-batch``) takes any batch in chunks of it; images of another shape than the
+    graph's fixed one are refused in one line."""
+    batch, *image_shape = graph_shape
+
+    def checked(images: torch.Tensor) -> torch.Tensor:
+        fits = images.dim() == len(graph_shape) and all(
+            size is None or size == actual for size, actual in zip(image_shape, images.shape[1:]))
+        if not fits:
+            wanted = "x".join("*" if size is None else str(size) for size in image_shape)
+            raise ConfigError(f"this model's graph takes batches of {wanted} images (channels x height x width), "
+                              f"not {'x'.join(map(str, images.shape[1:]))}: resize the images to that size")
+        if batch is None or len(images) == batch:
+            return run(images)
+        if len(images) % batch:
+            raise ConfigError(f"this model's graph takes batches of exactly {batch} images, not {len(images)}: "
+                              "export it again without --static-batch")
+        return torch.cat([run(chunk) for chunk in images.split(batch)])
+
+    return checked
