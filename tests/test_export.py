@@ -52,12 +52,11 @@ def test_export_command_writes_a_file_that_predicts_like_the_checkpoint(cifar_cl
     assert (got - expected).abs().max().item() < 1e-3
     assert torch.equal(got.argmax(1), expected.argmax(1))
 
-    metadata = read_export_metadata(out) if fmt != "safetensors" else None
-    if metadata is not None:  # the preprocessing and labels travel with the graph
-        assert metadata["arch"] == "cifar_resnet20"
-        assert metadata["class_names"] == model.class_names
-        assert metadata["preprocessing"]["input_size"] == 32
-        assert metadata["preprocessing"]["mean"] == list(model.preprocessing.mean)
+    metadata = read_export_metadata(out)  # the preprocessing and labels travel with the file
+    assert metadata["arch"] == "cifar_resnet20"
+    assert metadata["class_names"] == model.class_names
+    assert metadata["preprocessing"]["input_size"] == 32
+    assert metadata["preprocessing"]["mean"] == list(model.preprocessing.mean)
 
 
 def test_onnx_batch_is_dynamic_unless_asked_static(tmp_path):

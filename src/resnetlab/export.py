@@ -19,7 +19,7 @@ from .atomic import atomic_path
 from .deployed import load_deployed
 from .errors import CheckpointError, ConfigError
 from .models import ResNet, save_weights
-from .models.weights import model_metadata
+from .models.weights import model_metadata, read_metadata
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 METADATA_KEY = "resnetlab"  # ONNX metadata_props key, and TorchScript extra file "resnetlab.json"
@@ -121,8 +121,10 @@ def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict]:
 
 
 def read_export_metadata(path: str | Path) -> dict:
-    """The metadata an ONNX or TorchScript export carries, by the file's suffix (.onnx, else TorchScript)."""
+    """The metadata an export carries, by the file's suffix: .onnx, .safetensors, else TorchScript."""
     path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_metadata(path)
     return read_onnx_metadata(path) if path.suffix == ".onnx" else load_torchscript(path)[1]
 
 
