@@ -42,8 +42,9 @@ async def read_uploads(request: Request, max_images: int) -> list[Upload]:
         if not data:
             raise RequestError(400, "the request body is empty; send the image's bytes")
         return [Upload("body", data)]
+    sent = f"not {content_type}" if content_type else "with a Content-Type header saying which"
     raise RequestError(415, f"send images as multipart/form-data (field {FIELD!r}) or as a raw image/* "
-                            f"or application/octet-stream body, not {content_type or 'no content type'}")
+                            f"or application/octet-stream body, {sent}")
 
 
 async def _multipart(request: Request, max_images: int) -> list[Upload]:
