@@ -207,12 +207,18 @@ def _torchscript_without_metadata(path):
     torch.jit.save(torch.jit.script(torch.nn.Identity()), str(path))
 
 
+def _run_folder(path):
+    path.mkdir()
+    (path / "best.safetensors").write_bytes(b"")
+
+
 @pytest.mark.parametrize("write, suffix, message", [
     (lambda path: path.write_bytes(b"not a model"), ".onnx", "is not a readable onnx model"),
     (lambda path: path.write_bytes(b"not a model"), ".pth", "is neither a .safetensors"),
     (lambda path: path.write_bytes(b"not a model"), ".pt", "is not a TorchScript model"),
     (_torch_save, ".pt", "is not a TorchScript model"),
     (_torchscript_without_metadata, ".pt", "carries no resnetlab metadata"),
+    (_run_folder, "", "model is a folder; give a model file, e.g. "),
 ])
 def test_wrong_model_files_are_one_line_errors(tmp_path, capsys, write, suffix, message, cifar_eval):
     bad = tmp_path / f"model{suffix}"
@@ -220,6 +226,7 @@ def test_wrong_model_files_are_one_line_errors(tmp_path, capsys, write, suffix, 
     assert main(["eval", "--checkpoint", str(bad), "--data", str(cifar_eval)]) == 2
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
+    assert bad.is_file() or str(bad / "best.safetensors") in err
 
 
 def test_quantize_refuses_a_checkpoint_that_is_not_a_resnetlab_model(tmp_path, cifar_eval, capsys):
