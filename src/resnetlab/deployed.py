@@ -70,7 +70,8 @@ def model_file_format(path: Path) -> str:
                                                                            if inside else " (there is none in it)"))
     if path.suffix not in FORMATS:
         raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train), an .onnx (resnetlab export "
-                              "or quantize) nor a TorchScript .pt (resnetlab export or quantize --backend x86) model file")
+                              "or quantize) nor a TorchScript .pt (resnetlab export or quantize --backend x86) "
+                              "model file")
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     return FORMATS[path.suffix]
