@@ -150,7 +150,7 @@ def test_cli_embed_then_search_finds_the_query_itself_first(capsys, cifar_classi
 
 
 @pytest.mark.parametrize("case", ["empty folder", "missing folder", "missing index", "not an index",
-                                  "bad query", "wrong suffix"])
+                                  "checkpoint as index", "bad query", "wrong suffix"])
 def test_cli_errors_are_one_clear_line(capsys, cifar_classifier, small_folder, tmp_path, case):
     (tmp_path / "empty").mkdir()
     (tmp_path / "fake.npz").write_bytes(b"PK\x03\x04 truncated")
@@ -163,6 +163,8 @@ def test_cli_errors_are_one_clear_line(capsys, cifar_classifier, small_folder, t
                           "does not exist; build one with `resnetlab embed"),
         "not an index": (["search", "--index", tmp_path / "fake.npz", small_folder / "cat" / "0000.jpg"],
                          "is not a readable index"),
+        "checkpoint as index": (["search", "--index", cifar_classifier, small_folder / "cat" / "0000.jpg"],
+                                "an index is an .npz file written by resnetlab embed, not "),
         "bad query": (["search", "--index", _built_index(cifar_classifier, small_folder, tmp_path),
                        small_folder / "ship" / "broken.jpg"], "broken.jpg"),
         "wrong suffix": (["embed", "--checkpoint", cifar_classifier, small_folder, "--out",

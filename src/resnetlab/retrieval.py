@@ -126,7 +126,9 @@ def save_index(index: EmbeddingIndex, path: str | os.PathLike) -> Path:
 def load_index(path: str | os.PathLike) -> EmbeddingIndex:
     """The index ``save_index`` wrote to ``path``."""
     path = Path(path)
-    build = f"build one with `resnetlab embed --checkpoint CKPT DIR --out {path}`"
+    build = f"build one with `resnetlab embed --checkpoint CKPT DIR --out {path.with_suffix('.npz')}`"
+    if path.suffix != ".npz":
+        raise DataError(f"an index is an .npz file written by resnetlab embed, not {path.name}; {build}")
     if not path.is_file():
         raise DataError(f"index {path} does not exist; {build}")
     try:
