@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import pytest
 import torch
@@ -189,6 +190,16 @@ def test_a_backend_that_is_not_installed_is_named_with_its_install_command(cifar
     assert main(["quantize", "--checkpoint", str(cifar_classifier), "--calib", str(cifar_eval / "train"),
                  "--backend", "openvino"]) == 2
     assert "--backend openvino needs nncf: pip install nncf" in capsys.readouterr().err
+
+
+def test_unreadable_calibration_files_are_skipped_and_counted(cifar_classifier, cifar_eval, tmp_path, caplog):
+    for image in sorted((cifar_eval / "train").rglob("*.jpg"))[:3]:
+        shutil.copy(image, tmp_path / image.name)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    with caplog.at_level("WARNING", logger="resnetlab"):
+        batches = calibration_batches(load_model(cifar_classifier), tmp_path, 10)
+    assert sum(len(batch) for batch in batches) == 3
+    assert "calibrating on 3 images: 1 of the files under" in caplog.text and "notes.jpg" in caplog.text
 
 
 def test_an_empty_calibration_folder_is_a_clear_error(cifar_classifier, tmp_path):

@@ -45,6 +45,7 @@ from ..models import ResNet
 from ..models.weights import model_metadata
 from ..predict import image_paths
 
+logger = logging.getLogger("resnetlab")
 BACKENDS = {"onnxruntime": ".onnx", "openvino": ".onnx", "x86": ".pt"}  # each backend's file
 REQUIRES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "nncf", "openvino"), "x86": ()}
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "x86": "PyTorch x86"}
@@ -55,14 +56,17 @@ CALIBRATION_BATCH = 16
 def calibration_batches(model: ResNet, folder: str | Path, limit: int) -> list[torch.Tensor]:
     """Up to ``limit`` readable images under ``folder`` (any layout), as the model's normalised input."""
     paths = calibration_paths(folder, limit)
-    crops = []
+    crops, unreadable = [], []
     for path in paths:
         try:
             crops.append(read_crop(path, model.preprocessing))
-        except DataError:
-            continue  # a calibration set only needs enough good images, not every one
+        except DataError as error:
+            unreadable.append(str(error))  # a calibration set only needs enough good images, not every one
     if not crops:
         raise DataError(f"none of the {len(paths)} files under {folder} could be read as images")
+    if unreadable:
+        logger.warning("calibrating on %d images: %d of the files under %s were skipped, e.g. %s",
+                       len(crops), len(unreadable), folder, unreadable[0])
     images = normalize(torch.stack(crops), model.preprocessing)
     return list(images.split(CALIBRATION_BATCH))
 
