@@ -95,7 +95,8 @@ def test_a_class_whose_images_are_all_bad(tmp_path, cifar10_root):
 
 def test_too_few_images_for_one_batch(tmp_path, cifar10_root):
     root = _folder(tmp_path / "data", cifar10_root, {"train": ["cat", "dog"], "val": ["cat", "dog"]})
-    assert "make no full batch of 128" in _error(DataConfig(data=str(root), batch_size=128))
+    error = _error(DataConfig(data=str(root), batch_size=128))
+    assert "make no full batch of 128" in error and error.endswith("lower the batch size (--batch-size)")
 
 
 def test_test_split_is_found_when_there_is_no_val(tmp_path, cifar10_root):

@@ -73,7 +73,7 @@ def verify_archive(path: str | os.PathLike, md5: str = CIFAR10_MD5) -> Path:
     """``path`` if it is the official archive (by md5), else a ``DataError`` saying what it is not."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"CIFAR-10 archive {path} does not exist; pass data='cifar10' to download it")
+        raise DataError(f"CIFAR-10 archive {path} does not exist; --data cifar10 (data='cifar10') downloads it")
     actual = calculate_md5(path)
     if actual != md5:
         raise DataError(f"{path} is not the official CIFAR-10 archive (md5 {actual}, expected {md5}); "

@@ -36,7 +36,8 @@ def find_splits(root: str | os.PathLike, val_split: str | None = None) -> tuple[
     root = Path(root).expanduser()
     expected = f"expected {root}/train/<class>/*.jpg beside {root}/val/<class>/*.jpg"
     if not root.exists():
-        raise DataError(f"data folder {root} does not exist; {expected}, or pass data='cifar10'")
+        raise DataError(f"data folder {root} does not exist; {expected} (for CIFAR-10: --data cifar10, "
+                        "data='cifar10')")
     if not root.is_dir():
         raise DataError(f"{root} is a file, not a data folder; {expected}")
     if not (root / "train").is_dir():

@@ -114,7 +114,7 @@ def build_loaders(config: DataConfig, preprocessing: Preprocessing, *, seed: int
     train_sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     if len(train_sampler) < config.batch_size:
         raise DataError(f"{len(train_set)} training images make no full batch of {config.batch_size} "
-                        f"on each of {world_size} process(es); lower batch_size")
+                        f"on each of {world_size} process(es); lower the batch size (--batch-size)")
     mix = batch_mix(config.mixup_alpha, config.cutmix_alpha, len(images.class_names))
     train_loader = _loader(train_set, train_sampler, BatchTransform(preprocessing.mean, preprocessing.std, mix),
                            config.batch_size, workers, drop_last=True, seed=seed + rank)
@@ -267,8 +267,8 @@ def _report_bad_images(bad: Sequence[BadImage], policy: str) -> None:
         return
     if policy == "error":
         more = f" (and {len(bad) - 1} more bad images)" if len(bad) > 1 else ""
-        raise DataError(f"{bad[0].reason}{more}; fix or remove it, or pass bad_images='skip' to leave "
-                        "bad images out")
+        raise DataError(f"{bad[0].reason}{more}; fix or remove it, or leave bad images out: "
+                        "--bad-images skip (bad_images='skip')")
     logger.warning("left out %d bad image(s):\n%s", len(bad), "\n".join(f"  {b.reason}" for b in bad))
 
 
