@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from resnetlab.cli import main
+from resnetlab.config import TrainConfig
 
 
 def run(capsys, *argv):
@@ -49,6 +50,18 @@ def test_bad_input_is_one_line_on_stderr(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2
     assert err.strip().count("\n") == 0 and message in err
+
+
+def test_train_help_gives_each_config_flag_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    defaults = TrainConfig()
+    assert f"images per batch on each process (default {defaults.data.batch_size})" in help_text
+    assert f"peak learning rate for the global batch (default {defaults.optim.lr})" in help_text
+    assert f"--schedule {{cosine,step,plateau,constant}} lr decay after the warmup (default {defaults.schedule.name})" \
+        in help_text
+    assert "--weights WEIGHTS start from these weights: path, URL or run's .safetensors --freeze" in help_text
 
 
 def test_python_dash_m_runs_the_cli():

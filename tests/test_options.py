@@ -104,6 +104,11 @@ def test_num_classes_zero_returns_embeddings():
     ({"layers": (2, 2)}, "must list the same number of stages"),
     ({"block": "fancy"}, "unknown block 'fancy'"),
     ({"mid_channels": ((64,),)}, "mid_channels needs one positive whole width per block"),
+    ({"num_classes": "10"}, "num_classes must be an integer, not '10'"),
+    ({"num_classes": -1}, "num_classes must be 0 or more (0 removes the classifier), not -1"),
+    ({"in_chans": 0}, "in_chans must be at least 1, not 0"),
+    ({"groups": 2.0}, "groups must be an integer, not 2.0"),
+    ({"layers": 4}, "layers must be a list of integers, not 4"),
 ])
 def test_bad_options_raise_a_clear_error(options, message):
     with pytest.raises(ConfigError) as error:

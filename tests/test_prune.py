@@ -167,7 +167,7 @@ def test_taylor_scores_are_the_first_order_loss_change_of_each_channel():
 
 @pytest.mark.parametrize("streams, message", [
     ((16, 16, 32), "stream_channels needs 4 positive whole widths"),
-    ((16, 16, 32.5, 64), "stream_channels needs 4 positive whole widths"),
+    ((16, 16, 32.5, 64), r"stream_channels must be a list of integers or null, not \(16, 16, 32.5, 64\)"),
     ((16, 12, 32, 64), "stage 1 starts with an identity shortcut, so its stream width must equal the one before"),
     ((16, 16, 12, 64), "stage 2 zero-pads its shortcut, so its stream width cannot shrink"),
 ])
@@ -205,6 +205,17 @@ def test_prune_command_fine_tunes_on_real_data(cifar_classifier, cifar10_root, t
     assert "precision: bf16" in (out / "1-prune" / "finetune" / "config.yaml").read_text()
     assert main(["prune", "--checkpoint", str(cifar_classifier), "--data", str(data), "--out", str(out)]) == 2
     assert "already holds a compression report" in capsys.readouterr().err
+
+
+def test_prune_on_too_few_images_asks_for_more_images_not_a_smaller_batch(cifar10_root, tmp_path, capsys):
+    data = cifar_subset(cifar10_root, tmp_path / "data", train_per_class=3, test_per_class=1)  # 30 images
+    classes = sorted(path.name for path in (data / "train").iterdir())
+    checkpoint = save_weights(create_model("cifar_resnet20", num_classes=10), tmp_path / "net.safetensors",
+                              class_names=classes)
+    assert main(["prune", "--checkpoint", str(checkpoint), "--data", str(data), "--batch-size", "8",
+                 "--out", str(tmp_path / "pruned")]) == 2
+    error = capsys.readouterr().err
+    assert "needs at least 32 training images" in error and "has 30" in error and "batch" not in error
 
 
 def batch_norms(model: nn.Module) -> list[nn.BatchNorm2d]:

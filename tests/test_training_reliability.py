@@ -16,14 +16,16 @@ import torch
 import resnetlab.engine.state as state_module
 from resnetlab.cli import build_parser, main
 from resnetlab.cli_training import config_from_args
-from resnetlab.config import DataConfig, ModelConfig, OptimConfig, TrainConfig
+from resnetlab.config import (DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict, load_recipe,
+                              shipped_recipes)
 from resnetlab.engine.loop import TrainingDiverged
 from resnetlab.engine.state import load_training_state, save_training_state
 from resnetlab.engine.trainer import build_schedule, train
 from resnetlab.errors import ConfigError
 from subsets import cifar_subset
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+# The recipes shipped inside the package, each with the model it trains.
+RECIPES = {"cifar10_resnet20": "cifar_resnet20", "cifar10_resnet56": "cifar_resnet56", "finetune_resnet18": "resnet18"}
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +124,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
 
 
 def test_the_cifar_recipe_is_the_papers_schedule_and_flags_override_it():
-    args = build_parser().parse_args(["train", "--recipe", str(RECIPES / "cifar10_resnet20.yaml"),
+    args = build_parser().parse_args(["train", "--recipe", "cifar10_resnet20",
                                       "--seed", "7", "--set", "data.workers=0"])
     config = config_from_args(args)
     assert (config.model.name, config.data.batch_size, config.optim.lr) == ("cifar_resnet20", 128, 0.1)
@@ -134,7 +136,7 @@ def test_the_cifar_recipe_is_the_papers_schedule_and_flags_override_it():
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--recipe", str(RECIPES / "cifar10_resnet20.yaml"), "--schedule", "cosine", "--milestones", "50,75"],
+    (["--recipe", "cifar10_resnet20", "--schedule", "cosine", "--milestones", "50,75"],
      "--milestones are the step schedule's decay points; this run's schedule is cosine: add --schedule step"),
     (["--optimizer", "adamw", "--momentum", "0.9"], "--momentum and --nesterov are SGD's; this run's optimizer is "
                                                      "adamw: add --optimizer sgd"),
@@ -151,6 +153,49 @@ def test_unknown_recipe_keys_are_refused_with_a_suggestion(tmp_path, capsys):
     recipe.write_text("optim:\n  lr: 0.1\n  wieght_decay: 0.1\n")
     code = main(["train", "--recipe", str(recipe)])
     assert code == 2 and "unknown key 'optim.wieght_decay'; did you mean optim.weight_decay?" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--set", "optim.lr=abc"], "optim.lr must be a number, not 'abc'"),
+    (["--set", "data.batch_size=abc"], "data.batch_size must be an integer, not 'abc'"),
+    (["--set", "data.batch_size=true"], "data.batch_size must be an integer, not True"),
+    (["--set", "schedule.milestones=[30, later]"], "schedule.milestones must be a list of numbers, not [30, 'later']"),
+    (["--set", "data.val_split=3"], "data.val_split must be a string or null, not 3"),
+    (["--set", "model.freeze_bn=1"], "model.freeze_bn must be true or false, not 1"),
+])
+def test_a_wrong_typed_value_is_refused_naming_its_key(flags, message, capsys):
+    code = main(["train", *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_a_wrong_typed_recipe_value_is_refused_naming_its_key(tmp_path, capsys):
+    recipe = tmp_path / "typed.yaml"
+    recipe.write_text("data:\n  batch_size: big\n")
+    code = main(["train", "--recipe", str(recipe)])
+    assert code == 2 and "data.batch_size must be an integer, not 'big'" in capsys.readouterr().err
+
+
+def test_whole_numbers_and_lists_fill_float_and_tuple_fields():
+    config = config_from_dict({"optim": {"lr": 1}, "schedule": {"name": "step", "milestones": [30, 60.5]}})
+    assert config.optim.lr == 1 and config.schedule.milestones == (30, 60.5)
+
+
+@pytest.mark.parametrize("name, model", RECIPES.items())
+def test_a_shipped_recipe_is_found_by_name_from_any_folder(name, model, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no recipes/ folder here: the package's own copy is read
+    assert load_recipe(name) == load_recipe(f"{name}.yaml")
+    assert config_from_dict(load_recipe(name)).model.name == model
+
+
+def test_shipped_recipes_are_the_packages_yaml_files():
+    assert shipped_recipes() == sorted(RECIPES)
+
+
+def test_a_missing_recipe_lists_the_shipped_ones(tmp_path, capsys):
+    code = main(["train", "--recipe", str(tmp_path / "nowhere.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and "does not exist" in err and ", ".join(RECIPES) in err
 
 
 def test_torchrun_with_two_processes_follows_the_single_process_loss_curve(cifar_small, tmp_path):

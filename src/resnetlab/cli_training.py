@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -45,7 +46,8 @@ def add_train_parser(commands) -> None:
 
 
 def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) -> None:
-    train.add_argument("--recipe", type=Path, help="YAML recipe, e.g. recipes/cifar10_resnet20.yaml or RUN_DIR/config.yaml")
+    train.add_argument("--recipe", type=Path,
+                       help="a shipped recipe's name (e.g. cifar10_resnet20) or a YAML file (e.g. RUN_DIR/config.yaml)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue RUN_DIR from its last checkpoint, with its config.yaml")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -65,40 +67,58 @@ def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) 
     section.add_argument("--batch-size", type=int, help="images per batch on each process")
     section.add_argument("--workers", type=int, help="data loading processes")
     section.add_argument("--max-per-class", type=int, help="use the first N images of each class")
-    section.add_argument("--augment", choices=("auto", "imagenet", "cifar", "none"))
-    section.add_argument("--auto-augment", choices=("randaugment", "autoaugment-imagenet", "autoaugment-cifar10"))
-    section.add_argument("--color-jitter", type=float)
-    section.add_argument("--mixup", type=float, metavar="ALPHA")
-    section.add_argument("--cutmix", type=float, metavar="ALPHA")
-    section.add_argument("--bad-images", choices=("skip", "error"), help="skip (default) or stop on unreadable files")
+    section.add_argument("--augment", choices=("auto", "imagenet", "cifar", "none"),
+                         help="imagenet: random-resized crop + flip; cifar: 4-pixel shift + flip; auto: cifar for "
+                              "CIFAR-sized images, imagenet for larger ones")
+    section.add_argument("--auto-augment", choices=("randaugment", "autoaugment-imagenet", "autoaugment-cifar10"),
+                         help="a learned augmentation policy on top")
+    section.add_argument("--color-jitter", type=float, help="brightness, contrast and saturation strength")
+    section.add_argument("--mixup", type=float, metavar="ALPHA", help="mix image pairs, weights ~ Beta(ALPHA)")
+    section.add_argument("--cutmix", type=float, metavar="ALPHA", help="paste patches between images, Beta(ALPHA)")
+    section.add_argument("--bad-images", choices=("skip", "error"), help="skip or stop on unreadable files")
     section.add_argument("--input-size", type=int, help="crop side in pixels (default: the model's)")
     section = train.add_argument_group("optimisation")
-    section.add_argument("--optimizer", choices=("sgd", "adamw"))
+    section.add_argument("--optimizer", choices=("sgd", "adamw"), help="SGD with momentum, or AdamW")
     section.add_argument("--lr", type=float, help="peak learning rate for the global batch")
-    section.add_argument("--momentum", type=float)
+    section.add_argument("--momentum", type=float, help="SGD momentum")
     _flag(section, "--nesterov", "Nesterov momentum")
-    section.add_argument("--weight-decay", type=float)
+    section.add_argument("--weight-decay", type=float, help="on weights, never on BN parameters and biases")
     section.add_argument("--backbone-lr-scale", type=float, help="backbone lr = lr x this (fine-tuning: 0.1)")
-    section.add_argument("--label-smoothing", type=float)
+    section.add_argument("--label-smoothing", type=float, help="share of the target spread over all classes")
     section.add_argument("--grad-clip", type=float, help="max gradient norm")
     section.add_argument("--accumulate", type=int, help="batches per optimizer step")
     section.add_argument("--ema-decay", type=float, help="EMA of weights, e.g. 0.999")
-    section.add_argument("--schedule", choices=("cosine", "step", "plateau", "constant"))
+    section.add_argument("--schedule", choices=("cosine", "step", "plateau", "constant"),
+                         help="lr decay after the warmup")
     section.add_argument("--warmup", type=float, help="linear warmup length (schedule unit, epochs by default)")
     section.add_argument("--milestones", type=_numbers, help="step decay points, e.g. 82,123")
     section = train.add_argument_group("distillation")
     section.add_argument("--teacher", help="a trained .safetensors with the same classes (turns distillation on)")
-    section.add_argument("--alpha", type=float, help="weight of the teacher's soft targets (default 0.5)")
-    section.add_argument("--temperature", type=float, help="softening temperature (default 4)")
+    section.add_argument("--alpha", type=float, help="weight of the teacher's soft targets")
+    section.add_argument("--temperature", type=float, help="softening temperature")
     section = train.add_argument_group("run")
-    section.add_argument("--epochs", type=int)
+    section.add_argument("--epochs", type=int, help="passes over the training images")
     section.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    section.add_argument("--seed", type=int)
-    section.add_argument("--precision", choices=PRECISIONS)
+    section.add_argument("--seed", type=int, help="for weights, order and augmentation")
+    section.add_argument("--precision", choices=PRECISIONS,
+                         help="auto: bf16 on GPUs that have it, fp32 on CPUs; fp16 uses a gradient scaler")
     section.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     _flag(section, "--deterministic", "deterministic kernels: bit-identical reruns and resumes on CPU")
-    section.add_argument("--out", help="run directory (default runs/train)")
+    section.add_argument("--out", help="run directory")
+    _show_defaults(train)
     train.set_defaults(run=cmd_distill if distill else cmd_train)
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """End each config flag's help with the value a run gets when neither the recipe nor the flag sets it."""
+    defaults = config_to_dict(TrainConfig())
+    for action in parser._actions:
+        key = FLAG_KEYS.get(action.dest)
+        if key is None:
+            continue
+        default = functools.reduce(dict.get, key.split("."), defaults)
+        if default not in (None, False, [], ()):
+            action.help = f"{action.help or ''} (default {default})".lstrip()
 
 
 def _flag(group, name: str, help_text: str) -> None:
@@ -282,9 +302,9 @@ def cmd_demo(args: argparse.Namespace, console) -> None:
     console.print(
         f"Run folder: {run_dir} (config.yaml, manifest.json, metrics.jsonl, curves.png, best.safetensors)\n"
         "Train on your own images, laid out as DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg:\n"
-        "  resnetlab train --recipe recipes/finetune_resnet18.yaml --data DIR --out runs/mine\n"
+        "  resnetlab train --recipe finetune_resnet18 --data DIR --out runs/mine\n"
         "  resnetlab eval --checkpoint runs/mine/best.safetensors --data DIR\n"
         "  resnetlab predict --checkpoint runs/mine/best.safetensors photo.jpg\n"
-        "The paper's CIFAR-10 schedule: resnetlab train --recipe recipes/cifar10_resnet20.yaml\n"
+        "The paper's CIFAR-10 schedule: resnetlab train --recipe cifar10_resnet20\n"
         f"Deploy this one: resnetlab quantize --checkpoint {best} --calib {data / 'train'} --data {data}\n"
         f"  (or resnetlab export / prune / compress; resnetlab bench --checkpoint {best} to time it)", markup=False)

@@ -8,8 +8,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import os
+import types
+import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -219,7 +223,7 @@ def config_to_dict(config) -> dict:
 
 
 def config_from_dict(values: dict, cls: type = None, where: str = ""):
-    """Build a (nested) config from plain dicts, refusing unknown keys with a suggestion."""
+    """Build a (nested) config from plain dicts, refusing unknown keys (with a suggestion) and wrong types."""
     cls = cls or TrainConfig
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'the recipe'} must be a mapping of keys to values, not {values!r}")
@@ -233,10 +237,45 @@ def config_from_dict(values: dict, cls: type = None, where: str = ""):
             raise ConfigError(f"unknown key {dotted!r}{hint}")
         nested = _NESTED.get((cls, key))
         kwargs[key] = config_from_dict(value, nested, dotted) if nested else value
-    try:
-        return cls(**kwargs)
-    except TypeError as error:
-        raise ConfigError(f"{where or 'the recipe'}: {error}") from error
+    check_types(cls, values, where)
+    return cls(**kwargs)
+
+
+def check_types(config_class: type, values: dict, where: str = "") -> None:
+    """Refuse a value that does not fit its field's annotation, in one line naming the field, before
+    validation compares it (``'abc' <= 0`` would only say TypeError). Nested configs check their own."""
+    annotations = _field_types(config_class)
+    for key, value in values.items():
+        annotation = annotations[key]
+        if not dataclasses.is_dataclass(annotation) and not _fits(value, annotation):
+            dotted = f"{where}.{key}" if where else key
+            raise ConfigError(f"{dotted} must be {_describe(annotation)}, not {value!r}")
+
+
+_field_types = functools.cache(typing.get_type_hints)  # the annotations are strings (__future__)
+_TYPE_NAMES = {bool: ("true or false", "true or false values"), int: ("an integer", "integers"),
+               float: ("a number", "numbers"), str: ("a string", "strings"), dict: ("a mapping", "mappings"),
+               type(None): ("null", "nulls")}
+
+
+def _fits(value, annotation) -> bool:
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        return any(_fits(value, argument) for argument in arguments)
+    if origin in (tuple, list):  # YAML and JSON give lists; the configs keep tuples
+        return isinstance(value, (tuple, list)) and all(_fits(item, arguments[0]) for item in value)
+    if isinstance(value, bool):  # a bool is an int to isinstance, but true is no batch size
+        return annotation is bool
+    return isinstance(value, (int, float) if annotation is float else annotation)
+
+
+def _describe(annotation, plural: bool = False) -> str:
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(argument, plural) for argument in arguments)
+    if origin in (tuple, list):
+        return f"{'lists' if plural else 'a list'} of {_describe(arguments[0], plural=True)}"
+    return _TYPE_NAMES[annotation][plural]
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:
@@ -256,19 +295,36 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
     return values
 
 
-def load_recipe(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} does not exist")
+def load_recipe(recipe: str | os.PathLike) -> dict:
+    """The sections of a recipe: a YAML file, or a shipped recipe's name (``cifar10_resnet20``, .yaml optional)."""
+    source = _recipe_source(recipe)
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(source.read_text()) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"recipe {path} is not valid YAML: {str(error).splitlines()[0]}") from error
+        raise ConfigError(f"recipe {recipe} is not valid YAML: {str(error).splitlines()[0]}") from error
     if not isinstance(values, dict):
-        raise ConfigError(f"recipe {path} must be a mapping of sections (model, data, optim, ...)")
+        raise ConfigError(f"recipe {recipe} must be a mapping of sections (model, data, optim, ...)")
     return values
 
 
+def shipped_recipes() -> list[str]:
+    """The names ``--recipe`` takes besides a path: the YAML files in the package's recipes/ folder."""
+    return sorted(entry.name.removesuffix(".yaml") for entry in _SHIPPED_RECIPES.iterdir()
+                  if entry.name.endswith(".yaml"))
+
+
+def _recipe_source(recipe: str | os.PathLike):
+    path = Path(recipe)
+    if path.is_file():
+        return path
+    shipped = _SHIPPED_RECIPES / f"{path.name.removesuffix('.yaml')}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    raise ConfigError(f"recipe {recipe} does not exist; give a YAML file or a shipped recipe: "
+                      f"{', '.join(shipped_recipes())}")
+
+
+_SHIPPED_RECIPES = resources.files(__package__) / "recipes"
 _NESTED = {(TrainConfig, "model"): ModelConfig, (TrainConfig, "data"): DataConfig,
            (TrainConfig, "optim"): OptimConfig, (TrainConfig, "schedule"): ScheduleConfig,
            (TrainConfig, "distill"): DistillConfig}

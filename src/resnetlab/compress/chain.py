@@ -184,15 +184,22 @@ def _train(start: Path | None, data: str, out: Path, settings: ChainSettings, te
 
 
 def _training_batches(model: ResNet, data: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """PRUNE_IMAGES training images of ``data`` with their labels, prepared as for evaluation (no
-    augmentation: the BN statistics measured on them are the ones inference will use)."""
-    config = DataConfig(data=data, batch_size=PRUNE_BATCH, augment="none")
+    """PRUNE_IMAGES training images of ``data`` with their labels, in batches of PRUNE_BATCH, prepared as
+    for evaluation (no augmentation: the BN statistics measured on them are the ones inference will use)."""
+    # Loaded one at a time and batched here: a loader of PRUNE_BATCH would refuse too few images with
+    # advice to lower batch_size, which is not the user's to lower.
+    config = DataConfig(data=data, batch_size=1, augment="none")
     try:
-        train_loader, _, _ = build_loaders(config, model.preprocessing)
+        loader, _, info = build_loaders(config, model.preprocessing)
     except DataError as error:
-        raise DataError(f"prune measures the pruned network's BN statistics on {PRUNE_BATCH} or more training "
-                        f"images: {error}") from error
-    return list(itertools.islice(train_loader, PRUNE_IMAGES // PRUNE_BATCH))
+        raise DataError(f"prune measures the pruned network's BN statistics on training images: {error}") from error
+    if info.num_train < PRUNE_BATCH:
+        raise DataError(f"{info.source} needs at least {PRUNE_BATCH} training images for prune to measure the "
+                        f"pruned network's BN statistics, and has {info.num_train}; add training images")
+    used = min(PRUNE_IMAGES, info.num_train) // PRUNE_BATCH * PRUNE_BATCH
+    images, labels = zip(*itertools.islice(loader, used))
+    return [(torch.cat(images[start:start + PRUNE_BATCH]), torch.cat(labels[start:start + PRUNE_BATCH]))
+            for start in range(0, used, PRUNE_BATCH)]
 
 
 def _export(current: Path, folder: Path) -> Path:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torchvision.ops import DeformConv2d
 
+from ..config import check_types
 from ..errors import ConfigError
 from ..preprocessing import CIFAR10, IMAGENET, Preprocessing
 from .blocks import BLOCKS, DeformableConv3x3, ZeroPadShortcut, conv1x1
@@ -45,6 +46,7 @@ class ResNetConfig:
     num_classes: int = 1000
 
     def __post_init__(self) -> None:
+        check_types(ResNetConfig, vars(self))
         # Normalise lists (from JSON or the command line) into tuples so configs compare and hash.
         object.__setattr__(self, "layers", tuple(self.layers))
         object.__setattr__(self, "channels", tuple(self.channels))
@@ -82,12 +84,14 @@ class ResNetConfig:
             fail("attention is not available for pre-activation blocks; use a post-activation block")
         if self.mid_channels is not None and (
                 tuple(len(stage) for stage in self.mid_channels) != self.layers
-                or not all(isinstance(w, int) and w >= 1 for stage in self.mid_channels for w in stage)):
+                or not all(w >= 1 for stage in self.mid_channels for w in stage)):
             fail(f"mid_channels needs one positive whole width per block: {list(self.layers)} blocks per stage")
         if self.stream_channels is not None:
             self._validate_stream_channels(fail)
-        if self.in_chans < 1 or self.num_classes < 0:
-            fail("in_chans must be >= 1 and num_classes >= 0 (0 removes the classifier)")
+        if self.in_chans < 1:
+            fail(f"in_chans must be at least 1, not {self.in_chans}")
+        if self.num_classes < 0:
+            fail(f"num_classes must be 0 or more (0 removes the classifier), not {self.num_classes}")
         if not 0.0 <= self.drop_path_rate < 1.0:
             fail(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         bad_stages = set(self.deformable_stages) - set(range(1, len(self.layers) + 1))
@@ -97,7 +101,7 @@ class ResNetConfig:
 
     def _validate_stream_channels(self, fail) -> None:
         widths = self.stream_channels
-        if len(widths) != len(self.layers) + 1 or not all(isinstance(w, int) and w >= 1 for w in widths):
+        if len(widths) != len(self.layers) + 1 or not all(w >= 1 for w in widths):
             fail(f"stream_channels needs {len(self.layers) + 1} positive whole widths: the stem's, then one per stage")
         for stage in range(len(self.layers)):
             before, after = widths[stage], widths[stage + 1]
