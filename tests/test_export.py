@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import onnx
 import onnxruntime
 import pytest
 import torch
@@ -119,10 +120,32 @@ def test_the_loader_export_checks_with_reads_a_graph_under_any_name_given_its_fo
     (["--format", "onnx", "--out", "model.pt"], "a onnx export is a .onnx file; model.pt is not"),
     (["--format", "torchscript", "--opset", "19", "--out", "model.pt"],
      "--opset applies to ONNX exports only"),
+    (["--opset", "5"], "ONNX opset 5 is not supported; choose one from 10 to 20 (default 17)"),
+    (["--opset", "99"], "ONNX opset 99 is not supported; choose one from 10 to 20 (default 17)"),
+    (["--opset", "0"], "ONNX opset 0 is not supported"),
 ])
 def test_bad_export_requests_are_one_line_errors(cifar_classifier, tmp_path, capsys, argv, message):
     code = main(["export", "--checkpoint", str(cifar_classifier), *argv])
     assert code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("opset", [9, 21])  # just outside the range
+def test_an_opset_the_exporter_lacks_is_refused_before_exporting(tmp_path, monkeypatch, opset):
+    def export(*args, **kwargs):
+        raise AssertionError("the opset should have been refused before exporting")
+
+    monkeypatch.setattr(torch.onnx, "export", export)
+    with pytest.raises(ConfigError, match=f"ONNX opset {opset} is not supported; choose one from 10 to 20"):
+        export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx", opset=opset)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("opset", [10, 20])
+def test_the_lowest_and_highest_accepted_opsets_both_export(tmp_path, opset):
+    # cifar_resnet20's zero-padding shortcut slices with a stride: the op that sets the minimum.
+    report = export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx", opset=opset)
+    assert report.max_abs_difference < 1e-3
+    assert onnx.load(str(report.path)).opset_import[0].version == opset
 
 
 def test_a_file_that_is_not_a_checkpoint_is_one_line_error(tmp_path, capsys):

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import re
+import stat
 
 import pytest
 import torch
 
 import resnetlab.models.weights as weights_module
-from resnetlab import CheckpointError, create_model, load_model, save_weights
+from resnetlab import CheckpointError, create_model, load_model, load_weights, save_weights
+from resnetlab.export import export_model
 from resnetlab.preprocessing import CIFAR10
 
 CLASSES = ["cat", "dog", "bird"]
@@ -33,6 +37,21 @@ def test_round_trip_rebuilds_architecture_weights_and_metadata(tmp_path):
     assert sidecar["config"]["deformable"] == [3]
     assert sidecar["class_names"] == CLASSES
     assert sidecar["preprocessing"]["input_size"] == 32
+
+
+@pytest.fixture()
+def umask_027():
+    previous = os.umask(0o027)
+    yield
+    os.umask(previous)
+
+
+def test_saved_files_get_the_mode_a_plain_open_gives(tmp_path, umask_027):
+    save_weights(create_model("cifar_resnet20"), tmp_path / "model.safetensors")
+    (tmp_path / "plain.txt").write_text("written by open()")
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in tmp_path.iterdir()}
+    assert modes == {"model.safetensors": 0o640, "model.json": 0o640, "plain.txt": 0o640}
+    assert os.umask(0o027) == 0o027  # reading the umask left it as it was
 
 
 def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
@@ -67,4 +86,28 @@ def test_load_model_needs_resnetlab_metadata(tmp_path):
     path = tmp_path / "bare.safetensors"
     save_file(create_model("cifar_resnet20").state_dict(), path)
     with pytest.raises(CheckpointError, match="carries no resnetlab metadata"):
+        load_model(path)
+
+
+def test_load_model_of_a_state_dict_says_how_to_convert_it_and_the_advice_works(tmp_path):
+    source = create_model("cifar_resnet20")
+    path = tmp_path / "model.pth"
+    torch.save(source.state_dict(), path)
+    with pytest.raises(CheckpointError) as error:
+        load_model(path)
+    assert str(error.value) == (
+        f"{path} looks like a PyTorch checkpoint, not a .safetensors file written by resnetlab train or save_weights; "
+        f"to use its state dict: model = create_model(name); load_weights(model, '{path}'); "
+        "save_weights(model, 'model.safetensors')")
+
+    model = create_model("cifar_resnet20")  # what the message says to do
+    load_weights(model, path)
+    save_weights(model, tmp_path / "model.safetensors")
+    assert torch.equal(load_model(tmp_path / "model.safetensors").fc.weight, source.fc.weight)
+
+
+def test_load_model_of_an_onnx_graph_says_what_it_is_and_what_is_accepted(tmp_path):
+    path = export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx").path
+    expected = f"{path} looks like an ONNX model, not a .safetensors file written by resnetlab train or save_weights"
+    with pytest.raises(CheckpointError, match=f"^{re.escape(expected)}$"):
         load_model(path)

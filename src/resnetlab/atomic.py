@@ -20,10 +20,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
     try:
         yield tmp
         with open(tmp, "rb+") as written:
+            # The mode open() would give: mkstemp makes 0600, and so do writers that put a temporary
+            # file of their own in place of ours (safetensors does), so it is set after the write.
+            os.fchmod(written.fileno(), 0o666 & ~_umask())
             os.fsync(written.fileno())
         os.replace(tmp, target)
     finally:
@@ -36,6 +38,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    mask = os.umask(0)  # the only way to read it also sets it: put it back at once
     os.umask(mask)
     return mask

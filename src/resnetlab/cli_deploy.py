@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from .compress.chain import ChainSettings
+from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
 PTQ_CALIB_IMAGES = 256  # quantize --method ptq: enough images to set activation ranges
@@ -18,7 +19,7 @@ def add_export_parser(commands) -> None:
     export.add_argument("--out", type=Path, help="the file to write (default: beside the checkpoint, new suffix)")
     export.add_argument("--static-batch", action="store_true",
                         help="ONNX: fix the batch at 1 (default: a dynamic batch dimension)")
-    export.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    export.add_argument("--opset", type=int, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
     export.set_defaults(run=cmd_export)
 
     quantize = commands.add_parser(
@@ -103,7 +104,7 @@ def cmd_export(args: argparse.Namespace, console) -> None:
     if out.resolve() == args.checkpoint.resolve():
         out = out.with_name(f"{out.stem}.exported{out.suffix}")
     report = export_model(load_model(args.checkpoint), out, args.format, dynamic_batch=not args.static_batch,
-                          opset=args.opset or 17)
+                          opset=DEFAULT_OPSET if args.opset is None else args.opset)
     batches = " and ".join(map(str, report.checked_batches))
     print(f"wrote {report.path} ({report.bytes / 1e6:.1f} MB, {report.format}); max |logit difference| from "
           f"eager {report.max_abs_difference:.2g} on batches of {batches}")

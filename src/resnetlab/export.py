@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
 
 from .atomic import atomic_path
 from .deployed import load_deployed
@@ -25,6 +26,9 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
 METADATA_KEY = "resnetlab"  # ONNX metadata_props key, and TorchScript extra file "resnetlab.json"
 CHECK_BATCHES = (1, 7)  # a dynamic batch must really be dynamic: run two sizes the trace never saw
 TOLERANCE = 1e-3  # max abs logit difference, relative to logits of order one
+DEFAULT_OPSET = 17
+MIN_OPSET = 10  # the CIFAR ResNets' zero-padding shortcut slices with a stride, which ONNX has from opset 10
+MAX_OPSET = ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET  # the newest the exporter we call (dynamo=False) supports
 
 
 @dataclass
@@ -53,8 +57,14 @@ def refuse_deformable_onnx(model: torch.nn.Module) -> None:
                           "model as torchscript or safetensors, or run it with the eager, compile or openvino backend")
 
 
+def check_opset(opset: int) -> None:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConfigError(f"ONNX opset {opset} is not supported; choose one from {MIN_OPSET} to {MAX_OPSET} "
+                          f"(default {DEFAULT_OPSET})")
+
+
 def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = True,
-               opset: int = 17, metadata: dict | None = None) -> bytes:
+               opset: int = DEFAULT_OPSET, metadata: dict | None = None) -> bytes:
     """``model`` as an ONNX graph with input ``images`` and output ``logits``."""
     buffer = io.BytesIO()
     axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
@@ -72,7 +82,7 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: boo
 
 
 def export_model(model: ResNet, path: str | Path, format: str = "onnx", *, dynamic_batch: bool = True,
-                 opset: int = 17) -> ExportReport:
+                 opset: int = DEFAULT_OPSET) -> ExportReport:
     """Write ``model`` to ``path`` atomically, then load it back and compare it with eager."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -81,6 +91,7 @@ def export_model(model: ResNet, path: str | Path, format: str = "onnx", *, dynam
         raise ConfigError(f"a {format} export is a {FORMATS[format]} file; {path.name} is not")
     if format == "onnx":
         refuse_deformable_onnx(model)
+        check_opset(opset)
     model = model.eval()
     side = model.preprocessing.input_size
     example = torch.randn(1, model.config.in_chans, side, side)

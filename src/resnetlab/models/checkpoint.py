@@ -4,10 +4,12 @@ Nothing here can run code from a file: ``.pth``/``.pt`` are read with ``weights_
 """
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 import urllib.error
 import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,14 +27,53 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 WeightsSource = str | os.PathLike | Mapping[str, torch.Tensor]
 
+SAFETENSORS = "a safetensors file"
+TORCH_CHECKPOINT = "a PyTorch checkpoint"
+# What a file's first bytes say it is; torch.save writes a zip archive, or a pickle in its legacy format.
+_MAGIC = ((b"PK\x03\x04", TORCH_CHECKPOINT), (b"\x80", TORCH_CHECKPOINT), (b"\xff\xd8\xff", "a JPEG image"),
+          (b"\x89PNG", "a PNG image"), (b"\x08", "an ONNX model"))  # ONNX: protobuf field 1, ir_version
+_SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; the limit safetensors itself enforces
+
 
 def read_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
     if isinstance(source, Mapping):
         state, where = dict(source), "the state dict"
     else:
         where = os.fspath(source)
-        state = _read_file(download(where) if _is_url(where) else Path(where))
+        state = _read_file(_local_path(where))
     return _strip_wrappers(_unnest(state, where))
+
+
+def _local_path(where: str) -> Path:
+    """The file to read: a path as given; a file:// URL in place, since a cached copy of a local file
+    would go stale; an http(s) URL downloaded once into the cache."""
+    url = urllib.parse.urlparse(where)
+    if url.scheme == "file":
+        return Path(urllib.request.url2pathname(url.path))
+    return download(where) if url.scheme in ("http", "https") else Path(where)
+
+
+def looks_like(path: Path) -> str:
+    """What ``path`` is by its first bytes: SAFETENSORS, TORCH_CHECKPOINT, or a phrase like "a text file"."""
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        return "an empty file"
+    # safetensors: the header's length as a little-endian u64, then the JSON header itself.
+    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= _SAFETENSORS_MAX_HEADER:
+        return SAFETENSORS
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return "a text file" if _is_text(head) else "a file of unknown format"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut off at the end is no matter
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
 
 
 def cache_dir() -> Path:
@@ -62,14 +103,14 @@ def download(url: str) -> Path:
     return target
 
 
-def _is_url(text: str) -> bool:
-    return urllib.parse.urlparse(text).scheme in ("http", "https", "file")
-
-
 def _read_file(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
+    kind = looks_like(path)
+    if kind not in (SAFETENSORS, TORCH_CHECKPOINT):
+        raise CheckpointError(f"{path} looks like {kind}, neither a PyTorch checkpoint nor a safetensors file; "
+                              "give a state dict saved with torch.save (.pth, .pt) or a .safetensors file")
+    if kind == SAFETENSORS:
         try:
             return load_file(path)
         except (SafetensorError, OSError) as error:

@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from ..atomic import atomic_path
 from ..errors import CheckpointError
 from ..preprocessing import Preprocessing
-from .checkpoint import WeightsSource, read_state_dict
+from .checkpoint import SAFETENSORS, TORCH_CHECKPOINT, WeightsSource, looks_like, read_state_dict
 from .layouts import to_resnetlab_layout
 from .resnet import ResNet, ResNetConfig
 
@@ -41,8 +41,8 @@ class LoadReport:
 def load_weights(model: ResNet, source: WeightsSource) -> LoadReport:
     """Load ``source`` into ``model`` strictly, converting known layouts on the way.
 
-    ``source`` is a ``.pth``/``.pt``/``.safetensors`` path, an http(s) or file URL
-    (downloaded once into the torch hub cache), or a state dict. torchvision, timm and
+    ``source`` is a ``.pth``/``.pt``/``.safetensors`` path, a file URL (read in place), an
+    http(s) URL (downloaded once into the torch hub cache), or a state dict. torchvision, timm and
     resnetlab layouts are recognised. Two differences are repaired, with a message:
     a different class count re-initialises the head (fine-tuning), and a different
     number of input channels adapts conv1's pretrained filters. Anything else that does
@@ -50,10 +50,11 @@ def load_weights(model: ResNet, source: WeightsSource) -> LoadReport:
     """
     state, layout = to_resnetlab_layout(read_state_dict(source))
     report = LoadReport(layout=layout)
+    checkpoint = describe_architecture(state)  # before the head and stem are fitted to the model
     _fit_head(model, state, report)
     expected = model.state_dict()
     _fit_input_channels(state, expected, report)
-    _check_fit(model, state, expected, source)
+    _check_fit(model, state, expected, source, checkpoint)
     model.load_state_dict(state, strict=True)
     for message in report.messages:
         logger.warning(message)
@@ -98,7 +99,7 @@ def _fit_input_channels(state: dict, expected: dict, report: LoadReport) -> None
                            "(pretrained filters summed or repeated and rescaled)")
 
 
-def _check_fit(model: ResNet, state: dict, expected: dict, source: WeightsSource) -> None:
+def _check_fit(model: ResNet, state: dict, expected: dict, source: WeightsSource, checkpoint: str) -> None:
     # Old torchvision files predate BN's num_batches_tracked; PyTorch fills it in.
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
@@ -107,15 +108,20 @@ def _check_fit(model: ResNet, state: dict, expected: dict, source: WeightsSource
     if not (missing or unexpected or mismatched):
         return
     problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected),
+    for label, keys in (("missing", _modules(missing)), ("unexpected", _modules(unexpected)),
                         ("shape mismatch (checkpoint vs model)", mismatched)):
         if keys:
             shown = ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
             problems.append(f"{label}: {shown}")
     where = "the state dict" if isinstance(source, dict) else os.fspath(source)
     raise CheckpointError(
-        f"{where} does not fit {model.arch}: it looks like {describe_architecture(state)}, "
+        f"{where} does not fit {model.arch}: it looks like {checkpoint}, "
         f"the model is {describe_architecture(expected)}. " + "; ".join(problems))
+
+
+def _modules(keys: list[str]) -> list[str]:
+    """The layers ``keys`` belong to, in order: ``layer1.3.bn1`` once, not each of its five tensors."""
+    return list(dict.fromkeys(key.rsplit(".", 1)[0] for key in keys))
 
 
 def describe_architecture(state: dict[str, torch.Tensor]) -> str:
@@ -182,6 +188,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
+    kind = looks_like(path)
+    if kind != SAFETENSORS:
+        raise CheckpointError(_not_safetensors(path, kind))
     try:
         with safe_open(path, framework="pt") as reader:
             header = reader.metadata() or {}
@@ -192,6 +201,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"{path} carries no resnetlab metadata; build the model with "
                               "create_model(...) and use load_weights(model, path) instead")
     return json.loads(header[_METADATA_KEY])
+
+
+def _not_safetensors(path: Path, kind: str) -> str:
+    message = f"{path} looks like {kind}, not a .safetensors file written by resnetlab train or save_weights"
+    if kind != TORCH_CHECKPOINT:
+        return message
+    return (f"{message}; to use its state dict: model = create_model(name); load_weights(model, '{path}'); "
+            "save_weights(model, 'model.safetensors')")
 
 
 def load_model(path: str | os.PathLike) -> ResNet:
