@@ -136,7 +136,7 @@ def test_file_list_hash_is_stable_and_changes_when_a_file_is_added(tmp_path, cif
 
 @pytest.mark.parametrize("field, value, message", [
     ("data", "", "data is empty"),
-    ("val_split", "train", "val_split must name a folder beside train/"),
+    ("val_split", "train", "to evaluate on the training images, give their folder as the data: --data DIR/train"),
     ("val_split", "a/b", "val_split must name a folder"),
     ("cache", "disk", "unknown cache 'disk'; choose one of auto, memory, none"),
     ("augment", "strong", "unknown augment preset 'strong'"),

@@ -67,7 +67,9 @@ class DataConfig:
             fail("data is empty; give an image folder, 'cifar10' or a path to cifar-10-python.tar.gz")
         if self.val_split is not None and (self.val_split in ("", "train", ".", "..")
                                            or "/" in self.val_split):
-            fail(f"val_split must name a folder beside train/, such as 'val' or 'test', not {self.val_split!r}")
+            fail(f"val_split must name a folder beside train/, such as 'val' or 'test', not {self.val_split!r}"
+                 + ("; to evaluate on the training images, give their folder as the data: --data DIR/train"
+                    if self.val_split == "train" else ""))
         choose("cache", self.cache, CACHE_MODES)
         choose("augment preset", self.augment, AUGMENT_PRESETS)
         choose("auto_augment policy", self.auto_augment, AUTO_AUGMENT_POLICIES)
