@@ -68,6 +68,7 @@ def test_onnx_batch_is_dynamic_unless_asked_static(tmp_path):
     assert session.get_inputs()[0].shape == ["batch", 3, 32, 32]
 
     static = export_model(model, tmp_path / "static.onnx", dynamic_batch=False)
+    assert static.checked_batches == (1, 7)  # as resnetlab's tools run it: in batches of 1
     session = onnxruntime.InferenceSession(str(static.path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 32, 32]
     with pytest.raises(Exception):

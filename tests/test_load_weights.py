@@ -198,6 +198,14 @@ def test_unknown_keys_are_reported_by_name(source_model):
         load_weights(create_model("resnet18", num_classes=10), state)
 
 
+def test_a_checkpoint_in_torchs_legacy_pickle_format_loads(source_model, tmp_path):
+    path = tmp_path / "old.pth"
+    torch.save(source_model.state_dict(), path, _use_new_zipfile_serialization=False)  # before torch 1.6
+    model = create_model("resnet18", num_classes=10)
+    load_weights(model, path)
+    assert torch.equal(model.fc.weight, source_model.fc.weight)
+
+
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
 def test_truncated_file_is_reported_as_such(source_model, tmp_path, suffix):
     path = write_weights(source_model, tmp_path / f"weights{suffix}")

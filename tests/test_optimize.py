@@ -76,6 +76,8 @@ def test_graph_backends_refuse_another_image_size_in_one_line(backend):
     assert optimized(torch.randn(3, 3, 32, 32)).shape == (3, 10)
     with pytest.raises(ConfigError, match="graph takes batches of 3x32x32 images .*, not 3x64x64"):
         optimized(torch.randn(2, 3, 64, 64))
+    with pytest.raises(ConfigError, match=r"takes a 4-D batch of images, not a 3-D tensor of shape \(3, 32, 32\)"):
+        optimized(torch.randn(3, 32, 32))
 
 
 @pytest.fixture(scope="module")

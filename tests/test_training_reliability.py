@@ -176,6 +176,15 @@ def test_a_wrong_typed_recipe_value_is_refused_naming_its_key(tmp_path, capsys):
     assert code == 2 and "data.batch_size must be an integer, not 'big'" in capsys.readouterr().err
 
 
+def test_numbers_with_an_exponent_are_numbers_from_flags_overrides_and_recipes(tmp_path):
+    recipe = tmp_path / "small_lr.yaml"
+    recipe.write_text("optim:\n  weight_decay: 5e-5\n")  # YAML 1.1 alone would read these three as strings
+    args = build_parser().parse_args(["train", "--recipe", str(recipe), "--lr", "1e-5",
+                                      "--set", "optim.label_smoothing=1E-1"])
+    config = config_from_args(args)
+    assert (config.optim.lr, config.optim.weight_decay, config.optim.label_smoothing) == (1e-5, 5e-5, 0.1)
+
+
 def test_whole_numbers_and_lists_fill_float_and_tuple_fields():
     config = config_from_dict({"optim": {"lr": 1}, "schedule": {"name": "step", "milestones": [30, 60.5]}})
     assert config.optim.lr == 1 and config.schedule.milestones == (30, 60.5)
@@ -190,6 +199,12 @@ def test_a_shipped_recipe_is_found_by_name_from_any_folder(name, model, tmp_path
 
 def test_shipped_recipes_are_the_packages_yaml_files():
     assert shipped_recipes() == sorted(RECIPES)
+
+
+def test_a_shipped_recipe_given_by_its_old_path_is_named_as_it_is_now(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--recipe", "recipes/cifar10_resnet20.yaml"]) == 2
+    assert "the shipped one is named without a folder: --recipe cifar10_resnet20" in capsys.readouterr().err
 
 
 def test_a_missing_recipe_lists_the_shipped_ones(tmp_path, capsys):

@@ -5,11 +5,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .compress.chain import ChainSettings
+from .compress.chain import PRUNE_IMAGES, ChainSettings
 from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
-PTQ_CALIB_IMAGES = 256  # quantize --method ptq: enough images to set activation ranges
 
 
 def add_export_parser(commands) -> None:
@@ -37,7 +36,7 @@ def add_export_parser(commands) -> None:
     quantize.add_argument("--calib", type=Path,
                           help="ptq: a folder of real images like those the model will see (any layout)")
     quantize.add_argument("--calib-images", type=int,
-                          help=f"ptq: how many to use (default {PTQ_CALIB_IMAGES})")
+                          help=f"ptq: how many to use (default {ChainSettings.calib_images})")
     quantize.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
                           help="ptq with onnxruntime: how activation ranges are set from them (default minmax)")
     quantize.add_argument("--data", help="qat: the image folder whose train/ split it fine-tunes on; with either "
@@ -53,16 +52,15 @@ def add_export_parser(commands) -> None:
         "prune", help="structured channel pruning to a MAC budget, then fine-tuning",
         description="Remove the weakest channels inside each block (with --prune-stream, of the residual "
                     "stream too: the channels a shortcut ties together go together) until the network has "
-                    "--target-macs of its MACs; "
-                    "re-estimate its BN statistics on 256 training images, fine-tune it on --data, and save "
-                    "a smaller dense model (plain config + weights).")
+                    f"--target-macs of its MACs; re-estimate its BN statistics on {PRUNE_IMAGES} training images, "
+                    "fine-tune it on --data, and save a smaller dense model (plain config + weights).")
     prune.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
     prune.add_argument("--data", required=True, help="image folder to fine-tune on and evaluate with, or cifar10")
     prune.add_argument("--target-macs", type=float,
                        help=f"fraction of the MACs to keep (default {ChainSettings.target_macs:g})")
     prune.add_argument("--criterion", choices=["l1", "bn-gamma", "taylor"],
                        help="how a channel is ranked: its filters' L1 norm, its BN scales, or the loss change "
-                            f"its removal causes on 256 training images, to first order "
+                            f"its removal causes on {PRUNE_IMAGES} training images, to first order "
                             f"(default {ChainSettings.criterion})")
     prune.add_argument("--prune-stream", dest="keep_stream", action="store_false", default=None,
                        help="prune the residual stream's channels too, not only each block's inner ones")
@@ -123,8 +121,8 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
     if args.method == "ptq":
         from .compress.quantize import calibration_batches, quantize_model
 
-        calibration = calibration_batches(model, args.calib,
-                                          PTQ_CALIB_IMAGES if args.calib_images is None else args.calib_images)
+        images = ChainSettings.calib_images if args.calib_images is None else args.calib_images
+        calibration = calibration_batches(model, args.calib, images)
         quantize_model(model, calibration, out, args.calibration, args.backend)
         how = f"{sum(len(b) for b in calibration)} calibration images"
     else:

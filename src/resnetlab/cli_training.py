@@ -117,7 +117,7 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
         if key is None:
             continue
         default = functools.reduce(dict.get, key.split("."), defaults)
-        if default not in (None, False, [], ()):
+        if default not in (None, False, [], ()):  # 0 == False: the zeros (mixup, grad_clip, ...) mean off
             action.help = f"{action.help or ''} (default {default})".lstrip()
 
 

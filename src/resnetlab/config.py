@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -268,6 +269,7 @@ def _fits(value, annotation) -> bool:
         return isinstance(value, (tuple, list)) and all(_fits(item, arguments[0]) for item in value)
     if isinstance(value, bool):  # a bool is an int to isinstance, but true is no batch size
         return annotation is bool
+    # Python's own numbers only: a numpy or torch scalar would reach the JSON and YAML the config is saved as.
     return isinstance(value, (int, float) if annotation is float else annotation)
 
 
@@ -293,15 +295,28 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
             node = node.setdefault(parent, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {override!r}: {parent} is not a section")
-        node[leaf] = yaml.safe_load(text)
+        node[leaf] = _parse_yaml(text)
     return values
+
+
+class _ConfigYamlLoader(yaml.SafeLoader):
+    """YAML 1.1, which PyYAML speaks, reads 1e-4 (an exponent without a dot) as a string; in a
+    config it is a number."""
+
+
+_ConfigYamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+                                        list("-+.0123456789"))
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_ConfigYamlLoader)
 
 
 def load_recipe(recipe: str | os.PathLike) -> dict:
     """The sections of a recipe: a YAML file, or a shipped recipe's name (``cifar10_resnet20``, .yaml optional)."""
     source = _recipe_source(recipe)
     try:
-        values = yaml.safe_load(source.read_text()) or {}
+        values = _parse_yaml(source.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"recipe {recipe} is not valid YAML: {str(error).splitlines()[0]}") from error
     if not isinstance(values, dict):
@@ -322,6 +337,9 @@ def _recipe_source(recipe: str | os.PathLike):
     shipped = _SHIPPED_RECIPES / f"{path.name.removesuffix('.yaml')}.yaml"
     if path.parent == Path(".") and shipped.is_file():
         return shipped
+    if shipped.is_file():  # recipes/cifar10_resnet20.yaml, as a checkout once had them
+        raise ConfigError(f"recipe {recipe} does not exist; the shipped one is named without a folder: "
+                          f"--recipe {path.stem}")
     raise ConfigError(f"recipe {recipe} does not exist; give a YAML file or a shipped recipe: "
                       f"{', '.join(shipped_recipes())}")
 

@@ -30,7 +30,7 @@ WeightsSource = str | os.PathLike | Mapping[str, torch.Tensor]
 SAFETENSORS = "a safetensors file"
 TORCH_CHECKPOINT = "a PyTorch checkpoint"
 # What a file's first bytes say it is; torch.save writes a zip archive, or a pickle in its legacy format.
-_MAGIC = ((b"PK\x03\x04", TORCH_CHECKPOINT), (b"\x80", TORCH_CHECKPOINT), (b"\xff\xd8\xff", "a JPEG image"),
+_MAGIC = ((b"\x80", TORCH_CHECKPOINT), (b"\xff\xd8\xff", "a JPEG image"),  # zip archives: _zip_kind
           (b"\x89PNG", "a PNG image"), (b"\x08", "an ONNX model"))  # ONNX: protobuf field 1, ir_version
 _SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; the limit safetensors itself enforces
 
@@ -62,10 +62,25 @@ def looks_like(path: Path) -> str:
     # safetensors: the header's length as a little-endian u64, then the JSON header itself.
     if head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= _SAFETENSORS_MAX_HEADER:
         return SAFETENSORS
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_kind(path)
     for magic, kind in _MAGIC:
         if head.startswith(magic):
             return kind
     return "a text file" if _is_text(head) else "a file of unknown format"
+
+
+def _zip_kind(path: Path) -> str:
+    """torch.save and torch.jit.save both write a zip with data.pkl; TorchScript adds its code/."""
+    try:
+        names = zipfile.ZipFile(path).namelist()
+    except zipfile.BadZipFile:
+        return TORCH_CHECKPOINT  # truncated: the reader says so
+    if any("/code/" in name for name in names):
+        return "a TorchScript model"
+    if any(name.endswith("/data.pkl") for name in names):
+        return TORCH_CHECKPOINT
+    return "a NumPy archive" if names and all(name.endswith(".npy") for name in names) else "a zip archive"
 
 
 def _is_text(head: bytes) -> bool:
