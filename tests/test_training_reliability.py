@@ -12,12 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import resnetlab.engine.state as state_module
 from resnetlab.cli import build_parser, main
 from resnetlab.cli_training import config_from_args
-from resnetlab.config import (DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict, load_recipe,
-                              shipped_recipes)
+from resnetlab.config import (DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict, config_to_dict,
+                              load_recipe, shipped_recipes)
+from resnetlab.deployed import load_deployed
+from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.engine.loop import TrainingDiverged
 from resnetlab.engine.state import load_training_state, save_training_state
 from resnetlab.engine.trainer import build_schedule, train
@@ -51,7 +54,9 @@ def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_
     killed = cli_train(*common, "--out", str(tmp_path / "killed"), background=True)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     deadline = time.monotonic() + 240
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1) and time.monotonic() < deadline:
+    state = tmp_path / "killed" / "last.pt"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1 and state.exists()) \
+            and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)  # well into the second epoch
     killed.send_signal(signal.SIGKILL)
@@ -71,6 +76,22 @@ def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_
         assert torch.equal(value, again["model"][key]), key
     epochs_logged = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     assert epochs_logged == [0, 1, 2, 3]
+
+    finished = cli_train("--resume", str(tmp_path / "whole"))
+    assert finished.returncode == 0 and "the run has already finished its 4 epochs; give --epochs N" in finished.stderr
+
+
+def test_a_resume_may_run_longer_but_not_change_what_made_its_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(TrainConfig(out=str(run)))))
+    longer = config_from_args(build_parser().parse_args(["train", "--resume", str(run), "--epochs", "40",
+                                                         "--set", "data.workers=0"]))
+    assert (longer.epochs, longer.data.workers, longer.resume) == (40, 0, True)
+    with pytest.raises(ConfigError, match="only --epochs, --max-steps, --device, --workers may change, not "
+                                          "--lr, --set optim.momentum=0.8: start a new run"):
+        config_from_args(build_parser().parse_args(["train", "--resume", str(run), "--lr", "0.5",
+                                                    "--set", "optim.momentum=0.8"]))
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -229,6 +250,12 @@ def test_torchrun_with_two_processes_follows_the_single_process_loss_curve(cifar
         return [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
 
     single_curve, pair_curve = curve("single"), curve("pair")
+    # Every process evaluated with process 0's BN statistics: the logged loss is that of the saved model.
+    saved, _ = evaluate_model(load_deployed(tmp_path / "pair" / "last.safetensors"), str(cifar_small))
+    assert saved.loss == pytest.approx(pair_curve[-1]["val_loss"], rel=1e-4)
+    # Resumed by one process, each step would hold half the images: the run would end early.
+    alone = cli_train("--resume", str(tmp_path / "pair"), "--epochs", "3")
+    assert alone.returncode == 2 and "global batch of 50 images a step, and this resume has 25" in alone.stderr
     assert len(single_curve) == len(pair_curve) == 2
     for one, two in zip(single_curve, pair_curve):
         assert one["step"] == two["step"] == 20 * (one["epoch"] + 1)

@@ -146,10 +146,26 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = [f"{key}={_yaml_value(getattr(args, dest))}" for dest, key in FLAG_KEYS.items()
              if getattr(args, dest) is not None]
     if args.resume is not None:
+        _check_resume_changes(args)
         flags += [f"out={_yaml_value(str(args.resume))}", "resume=true"]
     config = config_from_dict(apply_overrides(values, flags + args.overrides))
     _check_flags_are_used(args, config)
     return config
+
+
+# What a resumed run may change: how long it runs and where; the rest made its checkpoints what they are.
+RESUME_CHANGES = {"epochs": "epochs", "max_steps": "max_steps", "device": "device", "workers": "data.workers"}
+
+
+def _check_resume_changes(args: argparse.Namespace) -> None:
+    changed = [f"--{dest.replace('_', '-')}" for dest in FLAG_KEYS
+               if getattr(args, dest) is not None and dest not in RESUME_CHANGES]
+    changed += [f"--set {override}" for override in args.overrides
+                if override.partition("=")[0] not in RESUME_CHANGES.values()]
+    if changed:
+        allowed = ", ".join(f"--{dest.replace('_', '-')}" for dest in RESUME_CHANGES)
+        raise ConfigError(f"--resume continues {args.resume} with its own config.yaml; of the settings only "
+                          f"{allowed} may change, not {', '.join(changed)}: start a new run (--out) to change them")
 
 
 def _check_flags_are_used(args: argparse.Namespace, config: TrainConfig) -> None:

@@ -55,6 +55,14 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return resolved
 
 
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Give every process process 0's buffers (BN running statistics), which each process's own last
+    forward passes have moved apart: all then evaluate the model process 0 saves."""
+    if dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
     """Element-wise sum over all processes (a no-op when running alone)."""
     if dist.is_initialized():

@@ -58,6 +58,11 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
     resumed = load_training_state(run_dir / LAST_STATE) if config.resume else None
     if resumed is None and (run_dir / LAST_STATE).exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume, or choose another --out")
+    global_batch = config.data.batch_size * ctx.world_size * config.optim.accumulate
+    if resumed is not None and resumed.get("global_batch", global_batch) != global_batch:
+        # Its step count and lr schedule are in steps of that batch: another one would cut the run short.
+        raise ConfigError(f"{run_dir} trained with a global batch of {resumed['global_batch']} images a step, and "
+                          f"this resume has {global_batch}: resume it with the same number of processes")
     _seed_everything(config.seed + ctx.rank, config.deterministic)
 
     preprocessing = model_config(config.model.name, **config.model.options).preprocessing
@@ -98,6 +103,9 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
         restore_rng_state(resumed["rng"], train_loader.generator)
         if ctx.is_main:
             logger.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
+            if start_epoch >= config.epochs or step >= total_steps:
+                logger.info("the run has already finished its %d epochs; give --epochs N (more than %d) to train "
+                            "it further", config.epochs, start_epoch)
 
     trained = model
     if ctx.world_size > 1:
@@ -132,6 +140,7 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
         stats = train_one_epoch(trained, train_loader, optimizer, schedule, compute_loss, settings, ctx,
                                 step=step, epoch=epoch, scaler=scaler, ema=ema)
         step = stats.step
+        distributed.broadcast_buffers(evaluated)
         try:
             val = evaluate(evaluated, val_loader, data.num_classes, ctx, autocast_dtype=autocast_dtype,
                            channels_last=config.model.channels_last, desc=f"epoch {epoch + 1} {data.val_split}")
@@ -147,16 +156,19 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
             save_weights(evaluated, run_dir / LAST_WEIGHTS)
             if improved:
                 save_weights(evaluated, run_dir / BEST_WEIGHTS)
-            save_training_state(run_dir / LAST_STATE, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler else None, "ema": ema.state_dict() if ema else None,
-                "plateau": dict(schedule.plateau.__dict__), "epoch": epoch, "step": step,
-                "best_top1": best_top1, "best_epoch": best_epoch, "rng": rng_state(train_loader.generator),
-            })
+            # The epoch's line before the state that marks it done: a kill between the two reruns the
+            # epoch, and the logbook drops the repeated line on resume; the other order could lose it.
             logbook.record({
                 "epoch": epoch, "step": step, "lr": stats.lr, "train_loss": stats.loss, "train_top1": stats.top1,
                 "val_loss": val.loss, "val_top1": val.top1, "val_top5": val.top5,
                 "images_per_second": stats.images_per_second, "seconds": stats.seconds,
+            })
+            save_training_state(run_dir / LAST_STATE, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None, "ema": ema.state_dict() if ema else None,
+                "plateau": dict(schedule.plateau.__dict__), "epoch": epoch, "step": step,
+                "global_batch": global_batch, "best_top1": best_top1, "best_epoch": best_epoch,
+                "rng": rng_state(train_loader.generator),
             })
             top5 = f", top-5 {100 * val.top5:.2f}%" if val.top5 is not None else ""
             logger.info("epoch %d/%d: train loss %.4f, %s loss %.4f, top-1 %.2f%%%s, lr %.4g, %.0f img/s",
