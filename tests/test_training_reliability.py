@@ -88,8 +88,8 @@ def test_a_resume_may_run_longer_but_not_change_what_made_its_checkpoints(tmp_pa
     longer = config_from_args(build_parser().parse_args(["train", "--resume", str(run), "--epochs", "40",
                                                          "--set", "data.workers=0"]))
     assert (longer.epochs, longer.data.workers, longer.resume) == (40, 0, True)
-    with pytest.raises(ConfigError, match="only --epochs, --max-steps, --device, --workers may change, not "
-                                          "--lr, --set optim.momentum=0.8: start a new run"):
+    with pytest.raises(ConfigError, match="only --epochs, --max-steps, --device, --workers, --batch-size, "
+                                          "--accumulate may change, not --lr, --set optim.momentum=0.8: start a new"):
         config_from_args(build_parser().parse_args(["train", "--resume", str(run), "--lr", "0.5",
                                                     "--set", "optim.momentum=0.8"]))
 
@@ -256,6 +256,8 @@ def test_torchrun_with_two_processes_follows_the_single_process_loss_curve(cifar
     # Resumed by one process, each step would hold half the images: the run would end early.
     alone = cli_train("--resume", str(tmp_path / "pair"), "--epochs", "3")
     assert alone.returncode == 2 and "global batch of 50 images a step, and this resume has 25" in alone.stderr
+    alone = cli_train("--resume", str(tmp_path / "pair"), "--epochs", "3", "--batch-size", "50")
+    assert alone.returncode == 0 and "epoch 3/3" in alone.stderr  # the same global batch in one process
     assert len(single_curve) == len(pair_curve) == 2
     for one, two in zip(single_curve, pair_curve):
         assert one["step"] == two["step"] == 20 * (one["epoch"] + 1)

@@ -153,8 +153,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
-# What a resumed run may change: how long it runs and where; the rest made its checkpoints what they are.
-RESUME_CHANGES = {"epochs": "epochs", "max_steps": "max_steps", "device": "device", "workers": "data.workers"}
+# What a resumed run may change: how long it runs, where, and how its global batch is split (the trainer
+# checks the global batch itself); the rest made its checkpoints what they are.
+RESUME_CHANGES = {"epochs": "epochs", "max_steps": "max_steps", "device": "device", "workers": "data.workers",
+                  "batch_size": "data.batch_size", "accumulate": "optim.accumulate"}
 
 
 def _check_resume_changes(args: argparse.Namespace) -> None:

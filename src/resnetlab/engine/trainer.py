@@ -62,7 +62,8 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
     if resumed is not None and resumed.get("global_batch", global_batch) != global_batch:
         # Its step count and lr schedule are in steps of that batch: another one would cut the run short.
         raise ConfigError(f"{run_dir} trained with a global batch of {resumed['global_batch']} images a step, and "
-                          f"this resume has {global_batch}: resume it with the same number of processes")
+                          f"this resume has {global_batch}: keep --batch-size x processes x --accumulate at "
+                          f"{resumed['global_batch']}")
     _seed_everything(config.seed + ctx.rank, config.deterministic)
 
     preprocessing = model_config(config.model.name, **config.model.options).preprocessing
