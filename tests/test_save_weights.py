@@ -6,11 +6,11 @@ import json
 import os
 import re
 import stat
+from pathlib import Path
 
 import pytest
 import torch
 
-import resnetlab.models.weights as weights_module
 from resnetlab import CheckpointError, create_model, load_model, load_weights, save_weights
 from resnetlab.export import FORMATS, export_model
 from resnetlab.preprocessing import CIFAR10
@@ -60,12 +60,13 @@ def test_failed_write_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     save_weights(first, path)
     before = path.read_bytes()
 
-    def disk_full(tensors, filename, metadata=None):
-        with open(filename, "wb") as partial:
-            partial.write(b"\0" * 100)
-        raise OSError(errno.ENOSPC, "No space left on device")
+    write_bytes = Path.write_bytes
 
-    monkeypatch.setattr(weights_module, "save_file", disk_full)
+    def disk_full(file: Path, data) -> None:
+        write_bytes(file, b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
     with pytest.raises(OSError, match="No space left"):
         save_weights(create_model("cifar_resnet20"), path)
     assert path.read_bytes() == before

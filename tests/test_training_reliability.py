@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-import resnetlab.engine.state as state_module
+import resnetlab.engine.trainer as trainer_module
 from resnetlab.cli import build_parser, main
 from resnetlab.cli_training import config_from_args
 from resnetlab.config import (DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict, config_to_dict,
@@ -98,16 +98,34 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact(tmp_pat
     path = tmp_path / "last.pt"
     save_training_state(path, {"epoch": 1, "weights": torch.ones(3)})
 
-    def disk_full(obj, target):
-        Path(target).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    write_bytes = Path.write_bytes
 
-    monkeypatch.setattr(state_module.torch, "save", disk_full)
+    def disk_full(file: Path, data) -> None:
+        write_bytes(file, bytes(data)[:10])
+        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
     with pytest.raises(OSError, match="No space left"):
         save_training_state(path, {"epoch": 2, "weights": torch.zeros(3)})
     monkeypatch.undo()
     assert load_training_state(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.mark.parametrize("failure, code, message", [
+    (OSError(errno.ENOSPC, "No space left on device", "runs/x/last.pt"), 2,
+     "resnetlab: error: No space left on device: runs/x/last.pt; the files written before are intact; a training "
+     "run continues from its last finished epoch: resnetlab train --resume RUN_DIR"),
+    (KeyboardInterrupt(), 130,
+     "resnetlab: interrupted; a training run continues from its last finished epoch: resnetlab train --resume RUN_DIR"),
+])
+def test_a_full_disk_or_ctrl_c_is_one_line_that_says_how_to_go_on(monkeypatch, capsys, failure, code, message):
+    def fail(config):
+        raise failure
+
+    monkeypatch.setattr(trainer_module, "train", fail)
+    assert main(["train", "--model", "cifar_resnet20"]) == code
+    assert capsys.readouterr().err == message + "\n"
 
 
 def test_a_diverging_run_stops_naming_step_and_lr_and_keeps_the_last_good_checkpoint(cifar_small, tmp_path):

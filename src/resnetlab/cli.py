@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -192,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A full or read-only disk, or no permission: the user's to fix, said in one line.
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+RESUME_HINT = {command: f"; a training run continues from its last finished epoch: resnetlab {command} --resume "
+                        "RUN_DIR" for command in ("train", "distill")}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Our own progress at INFO; the libraries underneath (ONNX Runtime, OpenVINO, ...) only warn.
@@ -203,4 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     except ResnetlabError as error:
         print(f"resnetlab: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if error.errno not in WRITE_ERRORS:
+            raise
+        print(f"resnetlab: error: {error.strerror}: {error.filename}; the files written before are intact"
+              + RESUME_HINT.get(args.command, ""), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resnetlab: interrupted" + RESUME_HINT.get(args.command, ""), file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells report it
     return 0

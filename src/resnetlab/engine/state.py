@@ -1,6 +1,7 @@
 """Training checkpoints: everything a resumed run needs to continue as if never stopped."""
 from __future__ import annotations
 
+import io
 import random
 from pathlib import Path
 
@@ -28,8 +29,10 @@ def restore_rng_state(state: dict, loader_generator: torch.Generator) -> None:
 
 def save_training_state(path: Path, state: dict) -> None:
     """Written atomically: a kill or a full disk mid-write leaves the previous checkpoint intact."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    with atomic_path(path) as tmp:  # written by Python: a full disk is an OSError, not torch's RuntimeError
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_training_state(path: Path) -> dict:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from ..atomic import atomic_path
 from ..errors import CheckpointError
@@ -159,8 +159,8 @@ def save_weights(model: ResNet, path: str | os.PathLike, *, class_names: list[st
                               f"not {path.name}")
     metadata = model_metadata(model, class_names, preprocessing)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(metadata)})
+    with atomic_path(path) as tmp:  # written by Python: a full disk is an OSError, not the library's own error
+        tmp.write_bytes(safetensors.torch.save(tensors, metadata={_METADATA_KEY: json.dumps(metadata)}))
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(metadata, indent=2) + "\n")
     return path
