@@ -113,3 +113,10 @@ def test_load_model_of_an_export_says_what_it_is_and_what_is_accepted(tmp_path, 
     expected = f"{path} looks like {kind}, not a .safetensors file written by resnetlab train or save_weights"
     with pytest.raises(CheckpointError, match=f"^{re.escape(expected)}$"):
         load_model(path)
+
+
+def test_load_model_of_a_run_folder_names_the_weights_in_it(tmp_path):
+    save_weights(create_model("cifar_resnet20"), tmp_path / "best.safetensors")
+    with pytest.raises(CheckpointError, match=f"^{re.escape(str(tmp_path))} is a folder; give a .safetensors file, "
+                                              f"e.g. {re.escape(str(tmp_path / 'best.safetensors'))}$"):
+        load_model(tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, ConfigError
+from .models.checkpoint import refuse_folder
 from .preprocessing import Preprocessing
 
 FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript"}  # suffix -> format
@@ -64,10 +65,7 @@ def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu",
 
 def model_file_format(path: Path) -> str:
     """"safetensors", "onnx" or "torchscript" for an existing model file; a ``CheckpointError`` for anything else."""
-    if path.is_dir():
-        inside = sorted(str(file) for file in path.iterdir() if file.suffix in FORMATS)
-        raise CheckpointError(f"{path} is a folder; give a model file" + (f", e.g. {', '.join(inside[:3])}"
-                                                                           if inside else " (there is none in it)"))
+    refuse_folder(path, "model file", FORMATS)
     if path.suffix not in FORMATS:
         raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train), an .onnx (resnetlab export "
                               "or quantize) nor a TorchScript .pt (resnetlab export or quantize --backend x86) "

@@ -118,7 +118,16 @@ def download(url: str) -> Path:
     return target
 
 
+def refuse_folder(path: Path, kind: str, suffixes) -> None:
+    """A ``CheckpointError`` when ``path`` is a folder (a run directory, say), naming the ``kind`` files in it."""
+    if path.is_dir():
+        inside = sorted(str(file) for file in path.iterdir() if file.suffix in suffixes)
+        raise CheckpointError(f"{path} is a folder; give a {kind}" + (f", e.g. {', '.join(inside[:3])}"
+                                                                      if inside else " (there is none in it)"))
+
+
 def _read_file(path: Path) -> dict:
+    refuse_folder(path, "weights file", (".safetensors", ".pth", ".pt"))
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     kind = looks_like(path)

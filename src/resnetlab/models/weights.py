@@ -18,7 +18,7 @@ from safetensors import SafetensorError, safe_open
 from ..atomic import atomic_path
 from ..errors import CheckpointError
 from ..preprocessing import Preprocessing
-from .checkpoint import SAFETENSORS, TORCH_CHECKPOINT, WeightsSource, looks_like, read_state_dict
+from .checkpoint import SAFETENSORS, TORCH_CHECKPOINT, WeightsSource, looks_like, read_state_dict, refuse_folder
 from .layouts import to_resnetlab_layout
 from .resnet import ResNet, ResNetConfig
 
@@ -186,6 +186,7 @@ def model_metadata(model: ResNet, class_names: list[str] | None = None,
 def read_metadata(path: str | os.PathLike) -> dict:
     """The metadata ``save_weights`` stored with a ``.safetensors`` file."""
     path = Path(path)
+    refuse_folder(path, ".safetensors file", (".safetensors",))
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
     kind = looks_like(path)
