@@ -5,9 +5,12 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
+from resnetlab import create_model
 from resnetlab.cli import main
 from resnetlab.config import TrainConfig
+from resnetlab.models import save_weights
 
 
 def run(capsys, *argv):
@@ -68,3 +71,24 @@ def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "resnetlab", "summary", "cifar_resnet56"],
                             capture_output=True, text=True, check=True)
     assert "853,018 parameters" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "embed", "explain"])
+def test_a_model_that_cannot_take_rgb_images_is_refused_in_one_line(command, tmp_path, capsys):
+    checkpoint = save_weights(create_model("cifar_resnet20", num_classes=2, in_chans=1),
+                              tmp_path / "gray.safetensors", class_names=["a", "b"])
+    for split, name in (("train", "a"), ("train", "b"), ("val", "a"), ("val", "b")):
+        (tmp_path / "data" / split / name).mkdir(parents=True)
+        Image.new("L", (32, 32), 128).save(tmp_path / "data" / split / name / "0.png")
+    data, image = str(tmp_path / "data"), str(tmp_path / "data" / "val" / "a" / "0.png")
+    argv = {
+        "train": ["train", "--model", "cifar_resnet20", "--set", "model.options.in_chans=1", "--data", data,
+                  "--out", str(tmp_path / "run")],
+        "eval": ["eval", "--checkpoint", str(checkpoint), "--data", data],
+        "predict": ["predict", "--checkpoint", str(checkpoint), image],
+        "embed": ["embed", "--checkpoint", str(checkpoint), data, "--out", str(tmp_path / "index.npz")],
+        "explain": ["explain", "--checkpoint", str(checkpoint), image, "--out", str(tmp_path / "cam.png")],
+    }[command]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and err.strip().count("\n") == 0
+    assert "this model takes 1-channel input, and image files are read as 3-channel RGB" in err

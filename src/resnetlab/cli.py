@@ -16,7 +16,7 @@ from .atomic import atomic_path
 from .complexity import count_parameters, stage_table
 from .errors import ConfigError, DataError, ResnetlabError
 from .explain import grad_cam, overlay_heatmap
-from .image_input import normalize, read_crop
+from .image_input import check_reads_image_files, normalize, read_crop
 from .models import create_model, list_models, load_model
 from .cli_bench import add_bench_parser
 from .cli_deploy import add_export_parser
@@ -86,6 +86,7 @@ def cmd_embed(args: argparse.Namespace, console: Console) -> None:
         raise ConfigError(f"--out must end in .npz, not {args.out.name}")
     paths = find_images(args.dir)  # before the model loads: an empty folder fails at once
     model = load_model(args.checkpoint)
+    check_reads_image_files(model.config.in_chans)
     embedded = embed_images(model, paths, args.batch_size)
     for bad in embedded.skipped:
         print(f"skipped {bad.reason}", file=sys.stderr)
@@ -108,6 +109,7 @@ def cmd_search(args: argparse.Namespace, console: Console) -> None:
         raise ConfigError(f"{args.index} was built with {checkpoint}, which no longer exists; "
                           "pass --checkpoint with the same weights")
     model = load_model(checkpoint).eval()
+    check_reads_image_files(model.config.in_chans)
     query = normalize(read_crop(args.query, model.preprocessing), model.preprocessing)
     scores, positions = search(index, embed(model, query.unsqueeze(0)), args.k)
     hits = [{"rank": rank, "score": round(float(score), 6), "path": index.paths[position],
@@ -127,6 +129,7 @@ def cmd_explain(args: argparse.Namespace, console: Console) -> None:
     if args.out.suffix.lower() != ".png":
         raise ConfigError(f"--out must end in .png, not {args.out.name}")
     model = load_model(args.checkpoint)
+    check_reads_image_files(model.config.in_chans)
     if model.config.num_classes == 0:
         raise ConfigError(f"{args.checkpoint} has no classifier (num_classes=0); explain needs one")
     names = model.class_names or [str(i) for i in range(model.config.num_classes)]

@@ -9,7 +9,7 @@ import torch
 
 from .data.datasets import BadImage
 from .errors import DataError
-from .image_input import normalize, read_crop
+from .image_input import check_reads_image_files, normalize, read_crop
 from .deployed import DeployedModel
 from .retrieval import find_images
 
@@ -42,6 +42,7 @@ def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
 def predict_files(model: DeployedModel, paths: list[Path], top_k: int = 5, batch_size: int = 32
                   ) -> tuple[list[Prediction], list[BadImage]]:
     """Top-k labels and softmax probabilities per readable file; unreadable ones come back apart."""
+    check_reads_image_files(model.in_chans)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
     k = min(top_k, len(names))
     predictions, bad = [], []

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..config import DataConfig
 from ..data.loaders import DataInfo, build_eval_loader
 from ..deployed import DeployedModel, load_deployed
+from ..image_input import check_reads_image_files
 from .distributed import Context
 from .loop import evaluate
 from .metrics import ClassificationResult
@@ -48,6 +49,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, split: str 
 def evaluate_model(model: DeployedModel, data: str, *, split: str | None = None, batch_size: int = 128,
                    max_per_class: int | None = None) -> tuple[ClassificationResult, DataInfo]:
     """Accuracy of a loaded model of any format on ``data``'s labelled split."""
+    check_reads_image_files(model.in_chans)
     config = DataConfig(data=data, val_split=split, batch_size=batch_size, max_per_class=max_per_class)
     loader, info = build_eval_loader(config, model.preprocessing, model.class_names)
     ctx = Context(rank=0, world_size=1, device=model.device)

@@ -15,6 +15,7 @@ from ..bench.hardware import has_native_bf16
 from ..config import ModelConfig, TrainConfig, config_to_dict
 from ..data.loaders import DataInfo, build_loaders, preprocessing_at_input_size
 from ..errors import ConfigError
+from ..image_input import check_reads_image_files
 from ..models import ResNet, create_model, load_weights, model_config, save_weights
 from . import distributed
 from .distill import distillation_loss, load_teacher
@@ -66,7 +67,9 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
                           f"{resumed['global_batch']}")
     _seed_everything(config.seed + ctx.rank, config.deterministic)
 
-    preprocessing = model_config(config.model.name, **config.model.options).preprocessing
+    architecture = model_config(config.model.name, **config.model.options)
+    check_reads_image_files(architecture.in_chans)  # training reads image folders or CIFAR-10
+    preprocessing = architecture.preprocessing
     train_loader, val_loader, data = build_loaders(config.data, preprocessing, seed=config.seed,
                                                    rank=ctx.rank, world_size=ctx.world_size)
     model = build_model(config.model, data.num_classes, ctx)

@@ -11,8 +11,7 @@ from torch import nn
 
 from ..data.transforms import eval_transform
 from ..deployed import model_file_format
-from ..errors import CheckpointError
-from ..image_input import normalize
+from ..image_input import check_reads_image_files, normalize
 from ..preprocessing import Preprocessing
 
 
@@ -42,9 +41,7 @@ class ServedModel:
             self._load_weights(path, backend)
         else:
             self._load_graph(path)
-        if self.in_chans != 3:
-            raise CheckpointError(f"{path.name} takes {self.in_chans}-channel input; the service decodes "
-                                  "uploads to RGB, so it serves 3-channel models only")
+        check_reads_image_files(self.in_chans)
         self.path = path
         self.crop = eval_transform(self.preprocessing)
         self.class_names = self.class_names or [str(i) for i in range(self.num_classes)]
