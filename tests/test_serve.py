@@ -138,7 +138,8 @@ BAD_REQUESTS = {
                            413, "5000x5000 = 25,000,000 pixels"),
     "bomb over PIL's own limit": (lambda im: {"files": [("file", ("big.png", _png_claiming(20000, 20000), "image/png"))]},
                                   413, "too large to decode"),
-    "too many images": (lambda im: {"files": form([im[0]] * 9)}, 413, "Maximum number of files is 8"),
+    "too many images": (lambda im: {"files": form([im[0]] * 9)}, 413, "at most 8 images a request (the service's "
+                                                                        "--max-images)"),
     "malformed form": (lambda im: {"content": b"--x\r\nnonsense", "headers": {"content-type": "multipart/form-data; boundary=y"}},
                        400, ""),
     "top_k of 0": (lambda im: {"files": form([im[0]]), "params": {"top_k": 0}}, 422, "top_k"),
@@ -327,3 +328,14 @@ def test_bad_arguments_fail_in_one_line_before_serving(cifar_classifier, argumen
         torch.set_num_threads(threads)  # the service sets its threads as it starts: keep this worker's
     error = capsys.readouterr().err.strip()
     assert error.startswith("resnetlab: error:") and words in error and "\n" not in error
+
+
+def test_a_port_in_use_fails_in_one_line_before_the_model_loads(tmp_path, capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        never_read = tmp_path / "model.safetensors"  # does not exist: the address is checked first
+        assert main(["serve", "--checkpoint", str(never_read), "--host", "127.0.0.1", "--port", str(port)]) == 2
+    assert capsys.readouterr().err.strip() == (f"resnetlab: error: cannot listen on 127.0.0.1:{port}: Address already "
+                                               "in use; choose another --port, or stop what listens there")

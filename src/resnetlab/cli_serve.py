@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from pathlib import Path
 
 
@@ -49,6 +50,18 @@ def add_serve_parser(commands) -> None:
     serve.set_defaults(run=cmd_serve)
 
 
+def _check_address_is_free(host: str, port: int) -> None:
+    from .errors import ConfigError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: only a listener blocks
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}; choose another --port, or stop "
+                              "what listens there") from error
+
+
 def cmd_serve(args: argparse.Namespace, console) -> None:
     import torch
     import uvicorn
@@ -66,6 +79,7 @@ def cmd_serve(args: argparse.Namespace, console) -> None:
     server_options = {"host": settings.host, "port": settings.port, "log_level": "info",
                       "access_log": args.access_log, "timeout_graceful_shutdown": settings.graceful_timeout_s}
     resolve_backend(settings.backend, torch.device("cpu"))  # a wrong backend fails before anything loads
+    _check_address_is_free(settings.host, settings.port)  # and so does a port in use
     if settings.workers == 1:
         from .serve.app import create_app
 
