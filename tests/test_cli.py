@@ -73,7 +73,7 @@ def test_python_dash_m_runs_the_cli():
     assert "853,018 parameters" in result.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "eval", "predict", "embed", "explain"])
+@pytest.mark.parametrize("command", ["train", "eval", "predict", "embed", "explain", "quantize", "compress", "bench"])
 def test_a_model_that_cannot_take_rgb_images_is_refused_in_one_line(command, tmp_path, capsys):
     checkpoint = save_weights(create_model("cifar_resnet20", num_classes=2, in_chans=1),
                               tmp_path / "gray.safetensors", class_names=["a", "b"])
@@ -88,6 +88,9 @@ def test_a_model_that_cannot_take_rgb_images_is_refused_in_one_line(command, tmp
         "predict": ["predict", "--checkpoint", str(checkpoint), image],
         "embed": ["embed", "--checkpoint", str(checkpoint), data, "--out", str(tmp_path / "index.npz")],
         "explain": ["explain", "--checkpoint", str(checkpoint), image, "--out", str(tmp_path / "cam.png")],
+        "quantize": ["quantize", "--checkpoint", str(checkpoint), "--calib", data],
+        "compress": ["compress", "--checkpoint", str(checkpoint), "--data", data, "--out", str(tmp_path / "c")],
+        "bench": ["bench", "--checkpoint", str(checkpoint), "--data", data],
     }[command]
     code, _, err = run(capsys, *argv)
     assert code == 2 and err.strip().count("\n") == 0

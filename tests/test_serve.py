@@ -338,4 +338,4 @@ def test_a_port_in_use_fails_in_one_line_before_the_model_loads(tmp_path, capsys
         never_read = tmp_path / "model.safetensors"  # does not exist: the address is checked first
         assert main(["serve", "--checkpoint", str(never_read), "--host", "127.0.0.1", "--port", str(port)]) == 2
     assert capsys.readouterr().err.strip() == (f"resnetlab: error: cannot listen on 127.0.0.1:{port}: Address already "
-                                               "in use; choose another --port, or stop what listens there")
+                                               "in use; choose another --host or --port, or stop what listens there")

@@ -85,11 +85,14 @@ def test_a_resume_may_run_longer_but_not_change_what_made_its_checkpoints(tmp_pa
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(TrainConfig(out=str(run)))))
-    longer = config_from_args(build_parser().parse_args(["train", "--resume", str(run), "--epochs", "40",
-                                                         "--set", "data.workers=0"]))
-    assert (longer.epochs, longer.data.workers, longer.resume) == (40, 0, True)
-    with pytest.raises(ConfigError, match="only --epochs, --max-steps, --device, --workers, --batch-size, "
-                                          "--accumulate may change, not --lr, --set optim.momentum=0.8: start a new"):
+    same = TrainConfig()  # the original command again, with --resume: nothing changes
+    longer = config_from_args(build_parser().parse_args([
+        "train", "--resume", str(run), "--epochs", "40", "--set", "data.workers=0", "--lr", str(same.optim.lr),
+        "--model", same.model.name, "--precision", "fp32", "--data", "elsewhere/cifar10"]))
+    assert (longer.epochs, longer.data.workers, longer.precision, longer.data.data) == (40, 0, "fp32",
+                                                                                       "elsewhere/cifar10")
+    with pytest.raises(ConfigError, match=r"optim.lr \(0.1 -> 0.5\), optim.momentum \(0.9 -> 0.8\) would change "
+                                          r"them: start a new run"):
         config_from_args(build_parser().parse_args(["train", "--resume", str(run), "--lr", "0.5",
                                                     "--set", "optim.momentum=0.8"]))
 
@@ -102,11 +105,12 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact(tmp_pat
 
     def disk_full(file: Path, data) -> None:
         write_bytes(file, bytes(data)[:10])
-        raise OSError(errno.ENOSPC, "No space left on device", str(file))
+        raise OSError(errno.ENOSPC, "No space left on device")  # as the kernel reports it: no file named
 
     monkeypatch.setattr(Path, "write_bytes", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match="No space left") as error:
         save_training_state(path, {"epoch": 2, "weights": torch.zeros(3)})
+    assert error.value.filename == str(path)  # the file being written, for the one-line message
     monkeypatch.undo()
     assert load_training_state(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
@@ -114,7 +118,7 @@ def test_a_failed_checkpoint_write_leaves_the_previous_checkpoint_intact(tmp_pat
 
 @pytest.mark.parametrize("failure, code, message", [
     (OSError(errno.ENOSPC, "No space left on device", "runs/x/last.pt"), 2,
-     "resnetlab: error: No space left on device: runs/x/last.pt; the files written before are intact; a training "
+     "resnetlab: error: No space left on device (runs/x/last.pt); the files written before are intact; a training "
      "run continues from its last finished epoch: resnetlab train --resume RUN_DIR"),
     (KeyboardInterrupt(), 130,
      "resnetlab: interrupted; a training run continues from its last finished epoch: resnetlab train --resume RUN_DIR"),

@@ -21,12 +21,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as written:
-            # The mode open() would give: mkstemp makes 0600, and so do writers that put a temporary
-            # file of their own in place of ours (safetensors does), so it is set after the write.
-            os.fchmod(written.fileno(), 0o666 & ~_umask())
-            os.fsync(written.fileno())
+        try:
+            yield tmp
+            with open(tmp, "rb+") as written:
+                # The mode open() would give: mkstemp makes 0600, and so do writers that put a temporary
+                # file of their own in place of ours, so it is set after the write.
+                os.fchmod(written.fileno(), 0o666 & ~_umask())
+                os.fsync(written.fileno())
+        except OSError as error:  # a full disk names no file: name the one that was being written
+            raise OSError(error.errno, error.strerror, str(target)) from error
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         if error.errno not in WRITE_ERRORS:
             raise
-        print(f"resnetlab: error: {error.strerror}: {error.filename}; the files written before are intact"
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"resnetlab: error: {error.strerror}{where}; the files written before are intact"
               + RESUME_HINT.get(args.command, ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

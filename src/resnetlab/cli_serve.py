@@ -6,6 +6,8 @@ import os
 import socket
 from pathlib import Path
 
+from .errors import ConfigError
+
 
 def add_serve_parser(commands) -> None:
     from .serve.settings import ServeSettings
@@ -51,15 +53,14 @@ def add_serve_parser(commands) -> None:
 
 
 def _check_address_is_free(host: str, port: int) -> None:
-    from .errors import ConfigError
-
+    # Bound the way uvicorn binds: IPv6 for an address with a colon, else IPv4, reusable (only a listener blocks).
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: only a listener blocks
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError as error:
-            raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}; choose another --port, or stop "
-                              "what listens there") from error
+        except OSError as error:  # socket.gaierror for an unknown host name is one too
+            raise ConfigError(f"cannot listen on {host}:{port}: {error.strerror}; choose another --host or "
+                              "--port, or stop what listens there") from error
 
 
 def cmd_serve(args: argparse.Namespace, console) -> None:

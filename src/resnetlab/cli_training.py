@@ -146,28 +146,35 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     flags = [f"{key}={_yaml_value(getattr(args, dest))}" for dest, key in FLAG_KEYS.items()
              if getattr(args, dest) is not None]
     if args.resume is not None:
-        _check_resume_changes(args)
         flags += [f"out={_yaml_value(str(args.resume))}", "resume=true"]
     config = config_from_dict(apply_overrides(values, flags + args.overrides))
+    if args.resume is not None:
+        _check_resume_changes(config_from_dict(values), config, args.resume)
     _check_flags_are_used(args, config)
     return config
 
 
-# What a resumed run may change: how long it runs, where, and how its global batch is split (the trainer
-# checks the global batch itself); the rest made its checkpoints what they are.
-RESUME_CHANGES = {"epochs": "epochs", "max_steps": "max_steps", "device": "device", "workers": "data.workers",
-                  "batch_size": "data.batch_size", "accumulate": "optim.accumulate"}
+# What a resume may change: how long the run goes, where and how fast it runs, where its data lies, and
+# how its global batch is split (the trainer checks the global batch itself). The rest made its checkpoints.
+RESUME_MAY_CHANGE = {"epochs", "max_steps", "device", "precision", "out", "resume", "data.data", "data.workers",
+                     "data.batch_size", "optim.accumulate", "model.compile", "model.channels_last"}
 
 
-def _check_resume_changes(args: argparse.Namespace) -> None:
-    changed = [f"--{dest.replace('_', '-')}" for dest in FLAG_KEYS
-               if getattr(args, dest) is not None and dest not in RESUME_CHANGES]
-    changed += [f"--set {override}" for override in args.overrides
-                if override.partition("=")[0] not in RESUME_CHANGES.values()]
+def _check_resume_changes(saved: TrainConfig, resumed: TrainConfig, run_dir: Path) -> None:
+    before, after = _flatten(config_to_dict(saved)), _flatten(config_to_dict(resumed))
+    changed = [f"{key} ({before.get(key)} -> {value})" for key, value in after.items()
+               if key not in RESUME_MAY_CHANGE and before.get(key) != value]
     if changed:
-        allowed = ", ".join(f"--{dest.replace('_', '-')}" for dest in RESUME_CHANGES)
-        raise ConfigError(f"--resume continues {args.resume} with its own config.yaml; of the settings only "
-                          f"{allowed} may change, not {', '.join(changed)}: start a new run (--out) to change them")
+        raise ConfigError(f"--resume continues {run_dir} with the settings that made its checkpoints; "
+                          f"{', '.join(changed)} would change them: start a new run (--out) instead")
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        flat.update(_flatten(value, f"{dotted}.") if isinstance(value, dict) else {dotted: value})
+    return flat
 
 
 def _check_flags_are_used(args: argparse.Namespace, config: TrainConfig) -> None:

@@ -20,6 +20,7 @@ from ..complexity import count_macs, count_parameters
 from ..config import DataConfig
 from ..data.loaders import build_eval_loader
 from ..errors import ConfigError
+from ..image_input import check_reads_image_files
 from ..deployed import DeployedModel, load_deployed, model_file_format
 from ..export import read_export_metadata
 from ..models import ResNet, ResNetConfig, create_model, load_model
@@ -113,6 +114,9 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
         else:
             measured = load_model(checkpoint).eval()
         models = [measured.arch]
+        if data is not None:
+            check_reads_image_files(measured.in_chans if isinstance(measured, DeployedModel)
+                                    else measured.config.in_chans)
     for label, values in (("model", models), ("backend", backends), ("precision", precisions)):
         if not values:
             raise ConfigError(f"no {label} to measure; name at least one")

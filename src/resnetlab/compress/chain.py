@@ -26,6 +26,7 @@ from ..deployed import load_deployed
 from ..engine.evaluation import evaluate_model
 from ..errors import ConfigError, DataError
 from ..export import export_model, read_export_metadata
+from ..image_input import check_reads_image_files
 from ..models import ResNet, load_model, save_weights
 from .prune import CHANNEL_MULTIPLE, check_budget, prune_model, recalibrate_batch_norm, width_options
 from .quantize import calibration_batches, quantize_model
@@ -130,6 +131,7 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
     if (out / "report.json").exists():
         raise ConfigError(f"{out} already holds a compression report; choose another --out")
     original = load_model(checkpoint).eval()
+    check_reads_image_files(original.config.in_chans)  # every step measures top-1 on image files
     batches = _training_batches(original, data) if "prune" in steps else None  # before any long work
     macs = count_macs(original)  # changes only with the architecture: INT8 and export keep the arithmetic
     records = [measure_file("original", checkpoint, data, macs)]

@@ -40,6 +40,7 @@ from ..engine.optim import build_optimizer
 from ..engine.schedules import LRSchedule
 from ..errors import ConfigError, DataError
 from ..export import onnx_bytes
+from ..image_input import check_reads_image_files
 from ..inference import fold_batch_norm
 from ..models import ResNet
 from .quantize import check_backend, int8_metadata, quiet_quantization, save_onnx, save_x86
@@ -53,6 +54,7 @@ def quantization_aware_training(model: ResNet, data: str, out: str | Path, backe
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"QAT needs at least 1 epoch and a batch of at least 1, not {epochs} and {batch_size}")
     optim = OptimConfig(lr=lr)  # the recipe's SGD; validates lr
+    check_reads_image_files(model.config.in_chans)
     train_loader, _, info = build_loaders(DataConfig(data=data, batch_size=batch_size), model.preprocessing)
     if (model.class_names and list(info.class_names) != list(model.class_names)) \
             or info.num_classes != model.config.num_classes:

@@ -40,7 +40,7 @@ import torch
 from ..atomic import atomic_path
 from ..errors import ConfigError, DataError
 from ..export import METADATA_KEY, onnx_bytes, quiet_tracing, save_torchscript
-from ..image_input import normalize, read_crop
+from ..image_input import check_reads_image_files, normalize, read_crop
 from ..models import ResNet
 from ..models.weights import model_metadata
 from ..predict import image_paths
@@ -55,6 +55,7 @@ CALIBRATION_BATCH = 16
 
 def calibration_batches(model: ResNet, folder: str | Path, limit: int) -> list[torch.Tensor]:
     """Up to ``limit`` readable images under ``folder`` (any layout), as the model's normalised input."""
+    check_reads_image_files(model.config.in_chans)
     paths = calibration_paths(folder, limit)
     crops, unreadable = [], []
     for path in paths:

@@ -107,9 +107,12 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
         restore_rng_state(resumed["rng"], train_loader.generator)
         if ctx.is_main:
             logger.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
-            if start_epoch >= config.epochs or step >= total_steps:
+            if step >= total_steps and config.max_steps is not None and step >= config.max_steps:
+                logger.info("the run has already made its %d steps; give --max-steps N (more than %d) to train "
+                            "it further", config.max_steps, step)
+            elif start_epoch >= config.epochs:
                 logger.info("the run has already finished its %d epochs; give --epochs N (more than %d) to train "
-                            "it further", config.epochs, start_epoch)
+                            "it further", start_epoch, start_epoch)
 
     trained = model
     if ctx.world_size > 1:
@@ -128,7 +131,7 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
         logbook.keep_epochs_before(start_epoch)
         logger.info("%s: %s parameters, %d epochs of %d steps, global batch %d, on %s%s",
                     config.model.name, f"{sum(p.numel() for p in model.parameters()):,}", config.epochs,
-                    steps_per_epoch, config.data.batch_size * ctx.world_size * optim.accumulate,
+                    steps_per_epoch, global_batch,
                     ctx.device, f" x {ctx.world_size} processes" if ctx.world_size > 1 else "")
 
     settings = StepSettings(base_lr=optim.lr, accumulate=optim.accumulate, grad_clip=optim.grad_clip,

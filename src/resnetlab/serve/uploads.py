@@ -53,7 +53,7 @@ async def _multipart(request: Request, max_images: int) -> list[Upload]:
     try:
         form = await request.form(max_files=max_images, max_fields=max_images, max_part_size=FORM_FIELD_BYTES)
     except HTTPException as error:  # malformed multipart, or more parts than allowed
-        if "Too many" in str(error.detail):
+        if "Too many files" in str(error.detail):
             raise RequestError(413, f"at most {max_images} images a request (the service's --max-images); send the "
                                     "rest in another request") from error
         raise RequestError(400, str(error.detail)) from error
