@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 from pathlib import Path
@@ -111,12 +110,12 @@ def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:
     """End each config flag's help with the value a run gets when neither the recipe nor the flag sets it."""
-    defaults = config_to_dict(TrainConfig())
+    defaults = _flatten(config_to_dict(TrainConfig()))
     for action in parser._actions:
         key = FLAG_KEYS.get(action.dest)
         if key is None:
             continue
-        default = functools.reduce(dict.get, key.split("."), defaults)
+        default = defaults.get(key)
         if default not in (None, False, [], ()):  # 0 == False: the zeros (mixup, grad_clip, ...) mean off
             action.help = f"{action.help or ''} (default {default})".lstrip()
 

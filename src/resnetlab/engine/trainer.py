@@ -69,13 +69,13 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
 
     architecture = model_config(config.model.name, **config.model.options)
     check_reads_image_files(architecture.in_chans)  # training reads image folders or CIFAR-10
-    preprocessing = architecture.preprocessing
+    preprocessing = preprocessing_at_input_size(architecture.preprocessing, config.data.input_size)
     train_loader, val_loader, data = build_loaders(config.data, preprocessing, seed=config.seed,
                                                    rank=ctx.rank, world_size=ctx.world_size)
     model = build_model(config.model, data.num_classes, ctx)
     model.class_names = list(data.class_names)
     # Saved with the weights: evaluate, predict, export and serve then run at the size it trained at.
-    model.preprocessing = preprocessing_at_input_size(preprocessing, config.data.input_size)
+    model.preprocessing = preprocessing
     teacher = load_teacher(config.distill, data.class_names, ctx.device, config.model.channels_last) \
         if config.distill.teacher else None
 
@@ -107,7 +107,7 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
         restore_rng_state(resumed["rng"], train_loader.generator)
         if ctx.is_main:
             logger.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
-            if step >= total_steps and config.max_steps is not None and step >= config.max_steps:
+            if config.max_steps is not None and step >= config.max_steps:
                 logger.info("the run has already made its %d steps; give --max-steps N (more than %d) to train "
                             "it further", config.max_steps, step)
             elif start_epoch >= config.epochs:
