@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 
 from resnetlab import count_macs, create_model
-from resnetlab.bench.hardware import cpu_peak, parse_cpu_peak, sgemm_gflops, torch_threads
+from resnetlab.bench.hardware import cpu_peak, parse_cpu_peak, parse_int8_support, sgemm_gflops, torch_threads
 from resnetlab.bench.measure import measure, side_by_side
 from resnetlab.bench.memory import peak_memory_increase, polled_peak_increase
 from resnetlab.bench.plots import write_plots
@@ -229,11 +229,13 @@ def test_cuda_without_a_gpu_is_one_line_on_stderr(capsys, monkeypatch):
     assert err.strip() == "resnetlab: error: CUDA was requested but no GPU is visible; use --device cpu"
 
 
-def _cpuinfo(vendor: str, family: int, flags: str, mhz: str | None, cores: int, threads_per_core: int = 1) -> str:
+def _cpuinfo(vendor: str, family: int, flags: str, mhz: str | None, cores: int, threads_per_core: int = 1,
+             model: int = 1) -> str:
     blocks = []
     for processor in range(cores * threads_per_core):
         lines = [f"processor\t: {processor}", f"vendor_id\t: {vendor}", f"cpu family\t: {family}",
-                 "physical id\t: 0", f"core id\t\t: {processor % cores}", f"flags\t\t: fpu sse sse2 {flags}"]
+                 f"model\t\t: {model}", "physical id\t: 0", f"core id\t\t: {processor % cores}",
+                 f"flags\t\t: fpu sse sse2 {flags}"]
         if mhz is not None:
             lines.append(f"cpu MHz\t\t: {mhz}")
         blocks.append("\n".join(lines))
@@ -260,6 +262,37 @@ def test_cpu_peak_of_amd_family_25_runs_avx512_on_256_bit_pipes():
     assert (peak.cores, peak.flop_per_cycle) == (1, 32)  # 8 lanes, not 16
     assert peak.gflops == pytest.approx(2.596128 * 32)
     assert "AMD family 25" in peak.description
+
+
+@pytest.mark.parametrize("vendor, family, model, flop_per_cycle, pipes", [
+    ("AuthenticAMD", 23, 0x01, 16, "128-bit FMA pipes of Zen 1"),  # Zen 1 (Naples): 256-bit FMAs split in two
+    ("AuthenticAMD", 23, 0x08, 16, "128-bit FMA pipes of Zen 1"),  # Zen+
+    ("HygonGenuine", 24, 0x01, 16, "128-bit FMA pipes of Zen 1"),  # Hygon Dhyana, a Zen 1
+    ("AuthenticAMD", 23, 0x31, 32, "256-bit FMA pipes, assumed"),  # Zen 2 (Rome)
+    ("AuthenticAMD", 25, 0x01, 32, "256-bit FMA pipes of Zen 3"),  # Zen 3 (Milan)
+])
+def test_cpu_peak_knows_the_fma_pipe_width_of_each_amd_generation(vendor, family, model, flop_per_cycle, pipes):
+    text = _cpuinfo(vendor, family, "avx avx2 fma", "2000.000", cores=2, model=model)
+    peak = parse_cpu_peak(text, cores_used=2)
+    assert peak.flop_per_cycle == flop_per_cycle and pipes in peak.description  # it says what it assumed
+    assert peak.gflops == pytest.approx(2 * 2.0 * flop_per_cycle)
+
+
+@pytest.mark.parametrize("flags, instruction", [
+    ("avx2 fma avx512f avx512_vnni", "AVX-512 VNNI"), ("avx2 fma avx_vnni", "AVX-VNNI"),
+    ("avx2 fma avx512f avx512_vnni amx_int8 amx_tile", "AMX"),
+])
+def test_int8_support_finds_the_dot_product_instructions(flags, instruction):
+    support = parse_int8_support(_cpuinfo("GenuineIntel", 6, flags, "2000.000", cores=2))
+    assert (support.instruction, support.saturates) == (instruction, False)
+
+
+def test_int8_support_says_an_avx2_cpu_without_vnni_can_clip():
+    support = parse_int8_support(_cpuinfo("AuthenticAMD", 23, "avx avx2 fma", "2000.000", cores=2))
+    assert (support.instruction, support.saturates) == (None, True) and "16 bits" in support.description
+    arm = parse_int8_support("processor\t: 0\nFeatures\t: fp asimd asimddp\nCPU implementer\t: 0x41\n")
+    assert not arm.saturates  # Arm's dot products add into 32 bits
+    assert parse_int8_support("").saturates  # unknown: laid out as for the CPUs that need the care
 
 
 def test_cpu_peak_says_why_it_is_unknown():

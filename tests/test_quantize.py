@@ -11,18 +11,22 @@ import torch
 
 from resnetlab import load_model
 from resnetlab.cli import main
+from resnetlab.bench.hardware import Int8Support, int8_support
+from resnetlab.compress.int8_target import int8_layout, speed_note
 from resnetlab.compress.qat import finetune, fp32_distillation, prepare_qat, save_qat_model
-from resnetlab.compress.quantize import BACKENDS, calibration_batches, calibration_paths, int8_metadata
+from resnetlab.compress.quantize import (BACKENDS, calibration_batches, calibration_paths, int8_backend,
+                                         int8_metadata, quantize_model)
 from resnetlab.config import DataConfig, OptimConfig
 from resnetlab.data.loaders import build_loaders
 from resnetlab.deployed import load_deployed
 from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.errors import DataError
-from resnetlab.export import export_model
+from resnetlab.export import export_model, read_export_metadata
 from resnetlab.inference import fold_batch_norm
 from subsets import cifar_subset
 
 pytestmark = pytest.mark.xdist_group("quantize")
+NO_VNNI = int8_support().saturates  # this CPU adds INT8 products in 16 bits: only 7-bit weights run right here
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,59 @@ def agreement(model, reference, images: torch.Tensor) -> float:
         return (model(images).argmax(1) == reference(images).argmax(1)).float().mean().item()
 
 
+def in_float_arithmetic(path):
+    """The INT8 file's own computation on any CPU: ONNX Runtime with no graph fusion dequantizes each
+    weight and activation and runs the float kernels, where no sum can clip."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda images: torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
+
+
+def weight_integers(path) -> list:
+    """The integers of every weight an INT8 ONNX file dequantizes: stored as INT8, or quantized from a
+    stored fp32 tensor by a QuantizeLinear of constants."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    integers = []
+    for node in graph.node:
+        inputs = [constants.get(name) for name in node.input]
+        if node.op_type == "DequantizeLinear" and inputs[0] is not None and inputs[0].dtype == np.int8:
+            integers.append(inputs[0])
+        elif node.op_type == "QuantizeLinear" and all(value is not None for value in inputs) and inputs[0].ndim > 1:
+            weight, scale, zero_point = inputs
+            shape = [-1] + [1] * (weight.ndim - 1) if scale.ndim else []
+            integers.append(np.rint(weight / scale.reshape(shape)) + zero_point.reshape(shape))
+    return integers
+
+
+def largest_weight_integer(path) -> int:
+    return int(max(abs(integers).max() for integers in weight_integers(path)))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("target", ["vnni", "no-vnni"])
+def test_ptq_lays_weights_out_for_the_target_cpu(cifar_classifier, cifar_eval, real_images, backend, target,
+                                                  tmp_path):
+    model = load_model(cifar_classifier).eval()
+    out = quantize_model(model, calibration_batches(model, cifar_eval / "train", 200), tmp_path / "int8.onnx",
+                         backend=backend, target=target)
+    int8 = load_deployed(out)
+    assert read_export_metadata(out)["int8"] == {"target": target, "weight_bits": 7 if target == "no-vnni" else 8,
+                                     "activation_bits": 8}
+    # 7 bits: at most 64 (ONNX Runtime's reduce_range is -64..64), where 8 bits reach 127.
+    assert (largest_weight_integer(out) <= 64) == (target == "no-vnni")
+    assert agreement(in_float_arithmetic(out), model, real_images) >= 0.9  # what the file computes, anywhere
+    if target == "no-vnni" or not NO_VNNI:  # the runtime's integer kernels, on a CPU the file is for
+        assert agreement(int8, model, real_images) >= 0.9
+
+
 def test_int8_keeps_the_fp32_predictions_on_real_images(cifar_classifier, cifar_eval, int8_model):
     fp32 = load_deployed(cifar_classifier)
     int8 = load_deployed(int8_model)
@@ -93,19 +150,21 @@ def test_predictions_agree_image_by_image(cifar_classifier, real_images, int8_mo
     assert agreement(load_deployed(int8_model), load_model(cifar_classifier).eval(), real_images) >= 0.9
 
 
-@pytest.fixture(scope="module")
-def qat_prepared(cifar_classifier, cifar_eval):
-    """The classifier fake-quantized for ONNX and fine-tuned for 3 epochs on 200 real training images."""
+@pytest.fixture(scope="module", params=["no-vnni", "vnni"])
+def qat_prepared(request, cifar_classifier, cifar_eval):
+    """The classifier fake-quantized for ONNX with the target CPU's weight bits, and fine-tuned for
+    3 epochs on 200 real training images: (target, fp32 model, fake-quant model, epoch losses)."""
     torch.manual_seed(0)
     model = load_model(cifar_classifier).eval()
     loader, _, _ = build_loaders(DataConfig(data=str(cifar_eval), batch_size=50), model.preprocessing)
-    prepared = prepare_qat(model, "onnxruntime", torch.randn(1, 3, 32, 32))
+    prepared = prepare_qat(model, "onnxruntime", int8_layout("onnxruntime", request.param),
+                           torch.randn(1, 3, 32, 32))
     losses = finetune(prepared, loader, 3, OptimConfig(lr=1e-3), fp32_distillation(model))
-    return model, prepared, losses
+    return request.param, model, prepared, losses
 
 
 def test_qat_fine_tune_trains_every_weight_and_bias(qat_prepared):
-    model, prepared, losses = qat_prepared
+    _, model, prepared, losses = qat_prepared
     before = dict(fold_batch_norm(model).named_parameters())
     changed = [name for name, weight in prepared.named_parameters() if not torch.equal(weight, before[name])]
     assert sorted(changed) == sorted(before)  # the folded BN shifts too, not only the weights
@@ -114,13 +173,18 @@ def test_qat_fine_tune_trains_every_weight_and_bias(qat_prepared):
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_qat_onnx_file_keeps_the_learned_scales(qat_prepared, real_images, cifar_classifier, backend, tmp_path):
-    model, prepared, _ = qat_prepared
+    target, model, prepared, _ = qat_prepared
+    layout = int8_layout(backend, target)
     out = save_qat_model(prepared, torch.randn(1, 3, 32, 32), tmp_path / "qat.onnx", backend,
-                         int8_metadata(model, backend))
+                         int8_metadata(model, backend, layout))
     int8 = load_deployed(out)
-    assert (int8.backend, int8.precision) == (backend, "int8")
-    assert agreement(int8, prepared, real_images) >= 0.95  # the file computes what was trained
-    assert agreement(int8, model, real_images) >= 0.9
+    assert (int8.backend, int8.precision, read_export_metadata(out)["int8"]["target"]) == (backend, "int8", target)
+    # The weights keep the range they were trained in: -64..63 for CPUs without VNNI, -128..127 with.
+    assert largest_weight_integer(out) in (-layout.weight_range[0] - 1, -layout.weight_range[0])
+    assert agreement(in_float_arithmetic(out), prepared, real_images) >= 0.95  # the file computes what was trained
+    if target == "no-vnni" or not NO_VNNI:  # and the runtime's integer kernels do, on a CPU it is for
+        assert agreement(int8, prepared, real_images) >= 0.95
+        assert agreement(int8, model, real_images) >= 0.9
     weights_bytes = 4 * sum(p.numel() for p in model.parameters())
     assert out.stat().st_size < 0.45 * weights_bytes  # weights stored as INT8
 
@@ -129,9 +193,9 @@ def test_onnx_runtime_runs_the_qat_file_with_int8_kernels(qat_prepared, tmp_path
     import onnx
     import onnxruntime
 
-    model, prepared, _ = qat_prepared
+    target, model, prepared, _ = qat_prepared
     out = save_qat_model(prepared, torch.randn(1, 3, 32, 32), tmp_path / "qat.onnx", "onnxruntime",
-                         int8_metadata(model, "onnxruntime"))
+                         int8_metadata(model, "onnxruntime", int8_layout("onnxruntime", target)))
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(tmp_path / "as_run.onnx")
@@ -258,3 +322,51 @@ def test_bench_measures_the_int8_file_as_it_is(int8_model, cifar_eval):
         (backend, "int8", 1, 32), (backend, "int8", 4, 32)]
     assert rows[0].macs == rows[1].macs > 0 and rows[0].fraction_of_peak is None  # the peak is an fp32 figure
     assert 0.25 < rows[0].top1 == rows[1].top1 <= 1
+
+
+WITH_VNNI = Int8Support("AVX-512 VNNI", False, "this CPU has AVX-512 VNNI")
+WITHOUT_VNNI = Int8Support(None, True, "this CPU has no VNNI")
+
+
+@pytest.mark.parametrize("cpu, target, weight_bits", [
+    (WITH_VNNI, "auto", 8), (WITHOUT_VNNI, "auto", 7),  # auto: the kind of CPU it is made on
+    (WITHOUT_VNNI, "vnni", 8), (WITH_VNNI, "no-vnni", 7),  # forced: for a CPU of the other kind
+])
+def test_the_int8_layout_follows_the_target_cpu(cpu, target, weight_bits):
+    for backend in ("onnxruntime", "openvino"):
+        layout = int8_layout(backend, target, cpu)
+        assert (layout.weight_bits, layout.activation_bits) == (weight_bits, 8)
+        assert layout.target == ("no-vnni" if weight_bits == 7 else "vnni")
+    # A VNNI file made on a CPU without VNNI says, in its one line, that it would clip here.
+    assert ("can clip" in int8_layout("onnxruntime", target, cpu).summary) == (cpu is WITHOUT_VNNI and
+                                                                                weight_bits == 8)
+    x86 = int8_layout("x86", target, cpu)  # PyTorch's own settings do not clip on any CPU
+    assert (x86.weight_bits, x86.activation_bits) == (8, 7)
+
+
+def test_an_unknown_int8_target_is_refused():
+    with pytest.raises(Exception, match="unknown INT8 target 'avx'; choose one of auto, vnni, no-vnni"):
+        int8_layout("onnxruntime", "avx", WITH_VNNI)
+
+
+def test_int8_that_does_not_pay_says_why_on_a_cpu_without_vnni():
+    note = speed_note(int8_ms=10.0, fp32_ms=11.0, int8_mb=1.0, fp32_mb=4.0, runtime="ONNX Runtime", cpu=WITHOUT_VNNI)
+    assert note.startswith("this CPU has no VNNI: INT8 runs 1.10x fp32 on ONNX Runtime here")
+    assert "makes the file 4.0x smaller" in note
+    assert speed_note(10.0, 20.0, 1.0, 4.0, "ONNX Runtime", WITHOUT_VNNI) is None  # 2x pays: nothing to explain
+    assert speed_note(10.0, 11.0, 1.0, 4.0, "ONNX Runtime", WITH_VNNI) is None  # slow for another reason
+
+
+def test_quantize_prints_and_records_the_cpus_it_is_for(cifar_classifier, cifar_eval, tmp_path, capsys):
+    out = tmp_path / "int8.onnx"
+    assert main(["quantize", "--checkpoint", str(cifar_classifier), "--calib", str(cifar_eval / "train"),
+                 "--calib-images", "32", "--int8-target", "no-vnni", "--out", str(out)]) == 0
+    assert "INT8 for every CPU: 7-bit weights" in capsys.readouterr().out
+    assert read_export_metadata(out)["int8"]["weight_bits"] == 7
+
+
+def test_the_default_backend_is_the_fastest_int8_runtime_for_the_cpu():
+    assert int8_backend("auto", cpu=WITHOUT_VNNI) == "openvino"  # 2.8x its fp32 there, ONNX Runtime 1.0-1.3x
+    assert int8_backend("auto", cpu=WITH_VNNI) == "onnxruntime"
+    assert int8_backend("auto", "entropy", WITHOUT_VNNI) == "onnxruntime"  # the one that takes a range method
+    assert int8_backend("x86", cpu=WITHOUT_VNNI) == "x86"  # a backend given is kept

@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 
 from .compress.chain import PRUNE_IMAGES, ChainSettings
+from .compress.int8_target import INT8_TARGETS
 from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
@@ -31,8 +32,9 @@ def add_export_parser(commands) -> None:
     quantize.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
     quantize.add_argument("--method", default="ptq", choices=["ptq", "qat"],
                           help="post-training quantization, or quantization-aware training (default ptq)")
-    quantize.add_argument("--backend", default="onnxruntime", choices=["onnxruntime", "openvino", "x86"],
-                          help="the runtime the INT8 model is made for (default onnxruntime)")
+    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "x86"],
+                          help="the runtime the INT8 model is made for (default auto: OpenVINO on CPUs without "
+                               "VNNI if installed, where it measured fastest; ONNX Runtime elsewhere)")
     quantize.add_argument("--calib", type=Path,
                           help="ptq: a folder of real images like those the model will see (any layout)")
     quantize.add_argument("--calib-images", type=int,
@@ -44,6 +46,7 @@ def add_export_parser(commands) -> None:
     quantize.add_argument("--epochs", type=int, help=f"qat: epochs of fine-tuning (default {QAT_EPOCHS})")
     quantize.add_argument("--lr", type=float, help=f"qat: peak learning rate, cosine-decayed (default {QAT_LR:g})")
     quantize.add_argument("--batch-size", type=int, help=f"qat: images per step (default {QAT_BATCH})")
+    add_int8_target_argument(quantize)
     quantize.add_argument("--out", type=Path,
                           help="the file to write: .onnx, or .pt for x86 (default: CHECKPOINT.int8.onnx or .pt)")
     quantize.set_defaults(run=cmd_quantize)
@@ -90,6 +93,13 @@ def add_precision_argument(parser) -> None:
                              "native bf16 (default auto: bf16 on GPUs that have it, fp32 on CPUs)")
 
 
+def add_int8_target_argument(parser, prefix: str = "") -> None:
+    parser.add_argument("--int8-target", choices=INT8_TARGETS,
+                        help=f"{prefix}the CPUs the INT8 file is for: vnni (8-bit weights; CPUs with AVX-512 VNNI, "
+                             "AVX-VNNI or AMX), no-vnni (7-bit weights, which CPUs without VNNI need; correct on "
+                             "every CPU), auto: this CPU's kind (default auto)")
+
+
 def cmd_export(args: argparse.Namespace, console) -> None:
     from .errors import ConfigError
     from .export import FORMATS, export_model
@@ -110,39 +120,48 @@ def cmd_export(args: argparse.Namespace, console) -> None:
 
 def cmd_quantize(args: argparse.Namespace, console) -> None:
     from .compress.chain import measure_file, time_records
-    from .compress.quantize import BACKENDS, RUNTIME_NAMES, check_backend, write_fp32_reference
+    from .compress.int8_target import int8_layout, speed_note
+    from .compress.quantize import BACKENDS, RUNTIME_NAMES, check_backend, int8_backend, write_fp32_reference
     from .complexity import count_macs
     from .models import load_model
 
-    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.int8{BACKENDS[args.backend]}")
+    backend = int8_backend(args.backend, args.calibration)
+    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.int8{BACKENDS[backend]}")
     _check_method_options(args)
-    check_backend(args.backend, out)
+    check_backend(backend, out)
+    target = args.int8_target or "auto"
+    layout = int8_layout(backend, target)
     model = load_model(args.checkpoint).eval()
     if args.method == "ptq":
         from .compress.quantize import calibration_batches, quantize_model
 
         images = ChainSettings.calib_images if args.calib_images is None else args.calib_images
         calibration = calibration_batches(model, args.calib, images)
-        quantize_model(model, calibration, out, args.calibration, args.backend)
+        quantize_model(model, calibration, out, args.calibration, backend, target)
         how = f"{sum(len(b) for b in calibration)} calibration images"
     else:
         from .compress.qat import quantization_aware_training
 
         epochs = QAT_EPOCHS if args.epochs is None else args.epochs
-        quantization_aware_training(model, args.data, out, args.backend, epochs,
+        quantization_aware_training(model, args.data, out, backend, epochs,
                                     QAT_LR if args.lr is None else args.lr,
-                                    QAT_BATCH if args.batch_size is None else args.batch_size)
+                                    QAT_BATCH if args.batch_size is None else args.batch_size, target)
         how = f"quantization-aware training, {epochs} epoch(s)"
 
     macs = count_macs(model)  # INT8 changes the arithmetic's precision, not its amount
-    runtime = RUNTIME_NAMES[args.backend]
+    runtime = RUNTIME_NAMES[backend]
     with tempfile.TemporaryDirectory() as work:
-        fp32 = write_fp32_reference(model, args.backend, Path(work))  # the same runtime, without INT8
+        fp32 = write_fp32_reference(model, backend, Path(work))  # the same runtime, without INT8
         records = [measure_file(label, path, args.data, macs)
                    for label, path in (("fp32 (PyTorch)", args.checkpoint), (f"fp32 ({runtime})", fp32),
                                        (f"INT8 ({runtime})", out))]
         time_records(records)
+    print(f"INT8 {layout.summary}")
     print_records(records, f"{model.arch}: fp32 -> INT8 ({how})", console)
+    note = speed_note(records[2].latency_ms, records[1].latency_ms, records[2].megabytes, records[1].megabytes,
+                      runtime)
+    if note:
+        print(note)
 
 
 def _check_method_options(args: argparse.Namespace) -> None:
@@ -217,6 +236,7 @@ def add_compress_parser(commands) -> None:
                        help=f"distill: softening temperature (default {ChainSettings.temperature:g})")
     chain.add_argument("--calib-images", type=int,
                        help=f"quantize: calibration images (default {ChainSettings.calib_images})")
+    add_int8_target_argument(chain, "quantize: ")
     chain.set_defaults(run=cmd_compress)
 
 

@@ -1,9 +1,16 @@
-"""The CPU's FP32 compute peak, derived from /proc/cpuinfo, and the sgemm rate it achieves.
+"""What the CPU can compute: its FP32 peak, the sgemm rate it achieves, and its INT8 dot products.
 
-peak = cores used x clock x FLOP per cycle per core, where FLOP per cycle = FP32 lanes per
-vector x 2 (a fused multiply-add is two FLOPs) x 2 FMA pipes (assumed: true of the x86 server
-cores of the last decade). Lanes: 16 with AVX-512, 8 with AVX2+FMA, 4 otherwise. AMD family
-25 (Zen 3 and Zen 4) runs 512-bit instructions on 256-bit pipes, so 8 lanes there.
+peak = cores used x clock x FLOP per cycle, where FLOP per cycle = FP32 lanes per FMA x 2 (a fused
+multiply-add is two FLOPs) x 2 FMA pipes (assumed: true of the x86 server cores of the last decade).
+Lanes are the narrower of the widest vector instructions (512 bits with AVX-512, 256 with AVX2+FMA,
+128 otherwise) and the width of the FMA pipes: 128 bits on AMD's Zen 1 and Zen+ (family 23 below
+model 0x30, and Hygon's family 24, built on them), which split each 256-bit FMA in two; 256 bits on
+AMD family 25 (Zen 3 and Zen 4: Zen 4 runs AVX-512 on them); the instruction width elsewhere.
+
+INT8: x86 CPUs without VNNI multiply uint8 by int8 with VPMADDUBSW, which adds pairs of products into
+16 bits and clips the sum when it exceeds 32,767 (255 x 127 x 2 does); VNNI (AVX-512 VNNI, AVX-VNNI)
+and AMX add into 32 bits. ``int8_support`` tells which the CPU has, for ``compress.quantize`` to lay
+INT8 weights out so that they cannot clip where that matters.
 """
 from __future__ import annotations
 
@@ -46,20 +53,39 @@ def parse_cpu_peak(cpuinfo: str, cores_used: int) -> CpuPeak:
         return CpuPeak(None, cores, None, None, f"FP32 peak unknown: /proc/cpuinfo has no '{missing}' line")
     flags = set(first["flags"].split())
     ghz = float(first["cpu MHz"]) / 1e3
-    if "avx512f" in flags and first.get("vendor_id") == "AuthenticAMD" and first.get("cpu family") == "25":
-        lanes, vector = 8, "AMD family 25 runs AVX-512 on 256-bit pipes"
-    elif "avx512f" in flags:
-        lanes, vector = 16, "AVX-512"
-    elif {"avx2", "fma"} <= flags:
-        lanes, vector = 8, "AVX2+FMA"
-    else:
-        lanes, vector = 4, "no AVX2+FMA: 128-bit SSE"
+    lanes, vector = _fp32_lanes(first, flags)
     flop_per_cycle = lanes * FMA_FLOPS * FMA_PIPES
     gflops = cores * ghz * flop_per_cycle
     return CpuPeak(gflops, cores, ghz, flop_per_cycle, (
         f"FP32 peak {gflops:.0f} GFLOP/s = {cores} core{'s' if cores > 1 else ''} x {ghz:.2f} GHz "
-        f"x {flop_per_cycle} FLOP/cycle ({vector}: {lanes} lanes x {FMA_FLOPS} for FMA x {FMA_PIPES} pipes "
-        "assumed); the clock is /proc/cpuinfo's 'cpu MHz', the nominal one on VMs: boost can exceed it"))
+        f"x {flop_per_cycle} FLOP/cycle ({vector}: {lanes} FP32 lanes x {FMA_FLOPS} for FMA x {FMA_PIPES} "
+        "pipes assumed); the clock is /proc/cpuinfo's 'cpu MHz', the nominal one on VMs: boost can exceed it"))
+
+
+def _fp32_lanes(first: dict[str, str], flags: set[str]) -> tuple[int, str]:
+    """FP32 lanes per FMA on this core, and how that was decided."""
+    if "avx512f" in flags:
+        instruction_bits, instructions = 512, "AVX-512"
+    elif {"avx2", "fma"} <= flags:
+        instruction_bits, instructions = 256, "AVX2+FMA"
+    else:
+        instruction_bits, instructions = 128, "no AVX2+FMA: 128-bit SSE"
+    pipe_bits, pipes = _fma_pipe_width(first)
+    if pipe_bits is None:
+        return instruction_bits // 32, f"{instructions} on {instruction_bits}-bit FMA pipes, assumed"
+    return min(pipe_bits, instruction_bits) // 32, f"{instructions} on {pipes}"
+
+
+def _fma_pipe_width(first: dict[str, str]) -> tuple[int | None, str]:
+    """The FMA pipes' width in bits where it is narrower than some instructions; None: as wide as any."""
+    vendor, family = first.get("vendor_id"), int(first.get("cpu family", "0") or 0)
+    model = int(first.get("model", "0") or 0)
+    if (vendor == "AuthenticAMD" and (family < 23 or (family == 23 and model < 0x30))) \
+            or (vendor == "HygonGenuine" and family == 24):
+        return 128, f"the 128-bit FMA pipes of Zen 1/Zen+ or older, {vendor} family {family} model {model:#x}"
+    if vendor == "AuthenticAMD" and family == 25:
+        return 256, f"the 256-bit FMA pipes of Zen 3/Zen 4, AMD family 25 model {model:#x}"
+    return None, ""
 
 
 def cpu_peak(cores_used: int, cpuinfo: Path = CPUINFO) -> CpuPeak:
@@ -104,6 +130,43 @@ def has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
         return False
     flags = set(re.search(r"^flags\s*:(.*)$", text, re.MULTILINE).group(1).split()) if "flags" in text else set()
     return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+INT8_DOT_PRODUCTS = {"amx_int8": "AMX", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI"}  # best first
+
+
+@dataclass(frozen=True)
+class Int8Support:
+    """How the CPU computes INT8 dot products."""
+
+    instruction: str | None  # the dot-product instruction that adds into 32 bits; None: there is none
+    saturates: bool  # uint8 x int8 sums can clip: x86 without VNNI, or a CPU not known
+    description: str  # one line, for the user
+
+
+def parse_int8_support(cpuinfo: str) -> Int8Support:
+    """The INT8 dot products of the CPU ``cpuinfo`` (``/proc/cpuinfo``'s text) describes."""
+    flags_line = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+    if flags_line is None:
+        if re.search(r"^(Features|CPU implementer)\s*:", cpuinfo, re.MULTILINE):  # an Arm CPU
+            return Int8Support(None, False, "Arm CPU: its INT8 kernels add into 32 bits and cannot clip")
+        return Int8Support(None, True, "CPU not recognised: INT8 laid out as for x86 without VNNI, "
+                                       "which runs correctly on every CPU")
+    flags = set(flags_line.group(1).split())
+    found = next((name for flag, name in INT8_DOT_PRODUCTS.items() if flag in flags), None)
+    if found:
+        return Int8Support(found, False, f"this CPU has {found}: INT8 sums cannot clip")
+    return Int8Support(None, True, "this CPU has no VNNI (nor AMX): its INT8 kernels add pairs of uint8 x "
+                                   "int8 products into 16 bits, which can clip")
+
+
+def int8_support(cpuinfo: Path = CPUINFO) -> Int8Support:
+    """``parse_int8_support`` of this machine; off Linux, a CPU not known."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        text = ""
+    return parse_int8_support(text)
 
 
 def _fields(block: str) -> dict[str, str]:

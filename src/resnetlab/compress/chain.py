@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import shutil
 import statistics
 from collections.abc import Collection
@@ -28,9 +29,11 @@ from ..errors import ConfigError, DataError
 from ..export import export_model, read_export_metadata
 from ..image_input import check_reads_image_files
 from ..models import ResNet, load_model, save_weights
+from .int8_target import int8_layout, speed_note
 from .prune import CHANNEL_MULTIPLE, check_budget, prune_model, recalibrate_batch_norm, width_options
-from .quantize import calibration_batches, quantize_model
+from .quantize import RUNTIME_NAMES, calibration_batches, int8_backend, quantize_model, write_fp32_reference
 
+logger = logging.getLogger("resnetlab")
 STEPS = ("prune", "distill", "quantize", "export")  # the order they run in
 # prune: training images the pruned network's BN statistics are re-estimated on (and the taylor
 # criterion's loss measured on), in batches of this size
@@ -54,6 +57,7 @@ class ChainSettings:
     alpha: float = 0.5  # distill: weight of the teacher's soft targets
     temperature: float = 4.0
     calib_images: int = 256  # quantize: real images from the data's train split
+    int8_target: str = "auto"  # quantize: the CPUs the INT8 file is laid out for (int8_target.INT8_TARGETS)
 
 
 TRAINING_STEPS = ("prune", "distill")  # prune fine-tunes what it pruned; distill trains the student
@@ -70,6 +74,7 @@ SETTING_USERS = {  # ChainSettings field: (its flag, the steps that read it)
     "alpha": ("--alpha", ("distill",)),
     "temperature": ("--temperature", ("distill",)),
     "calib_images": ("--calib-images", ("quantize",)),
+    "int8_target": ("--int8-target", ("quantize",)),
 }
 
 
@@ -100,6 +105,8 @@ def check_steps(steps: list[str], settings: ChainSettings, given: Collection[str
     _check_settings_are_used(steps, settings, given)
     if "prune" in steps:
         check_budget(settings.target_macs, settings.channel_multiple)
+    if "quantize" in steps:
+        int8_layout("onnxruntime", settings.int8_target)  # an unknown target is refused before any training
     if settings.epochs < 0 or (settings.epochs < 1 and "distill" in steps):
         raise ConfigError(f"training epochs must be at least 1 for distillation and 0 or more after pruning, "
                           f"not {settings.epochs}")
@@ -135,6 +142,7 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
     batches = _training_batches(original, data) if "prune" in steps else None  # before any long work
     macs = count_macs(original)  # changes only with the architecture: INT8 and export keep the arithmetic
     records = [measure_file("original", checkpoint, data, macs)]
+    fp32_on_runtime = None  # the quantized model in fp32 on ONNX Runtime: what its INT8 speed compares with
     current = checkpoint
     for number, step in enumerate(steps, start=1):
         folder = out / f"{number}-{step}"
@@ -153,11 +161,21 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
         elif step == "quantize":
             model = load_model(current).eval()
             calibration = calibration_batches(model, _train_split(data), settings.calib_images)
-            current = quantize_model(model, calibration, folder / "model.int8.onnx")
+            backend = int8_backend("auto")
+            current = quantize_model(model, calibration, folder / "model.int8.onnx", backend=backend,
+                                     target=settings.int8_target)
+            runtime = RUNTIME_NAMES[backend]
+            fp32_on_runtime = measure_file(f"fp32 ({runtime})", write_fp32_reference(model, backend, folder), None, macs)
         else:  # export: the chain's deployable file, checked against what it came from
             current = _export(current, folder)
         records.append(measure_file(step, current, data, macs))
-    time_records(records)
+    time_records(records + [fp32_on_runtime] if fp32_on_runtime else records)
+    if fp32_on_runtime:
+        int8 = next(record for record in records if record.step == "quantize")
+        note = speed_note(int8.latency_ms, fp32_on_runtime.latency_ms, int8.megabytes, fp32_on_runtime.megabytes,
+                          runtime)
+        if note:
+            logger.info("%s", note)
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps([asdict(record) for record in records], indent=2) + "\n")
     return records

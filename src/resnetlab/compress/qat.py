@@ -22,6 +22,10 @@ simulated, for when post-training quantization loses too much.
 - Activations: ``x86`` keeps PyTorch's x86 QAT settings (7-bit activations, which its kernels need on
   CPUs without VNNI). ONNX gets all 8 bits, through the plain ``FakeQuantize``: the exporter has no
   converter for the fused observe-and-fake-quantize op the x86 settings use.
+- Weights, ONNX: 8 bits for CPUs with VNNI, 7 (-64..63) for the others (``int8_target``), trained
+  so: the file then computes on a CPU without VNNI what the fine-tune learned. The exporter takes
+  only 8-bit ranges, so the weights' fake quantization is widened to 8 bits for the export alone,
+  with the learned scales, and the stored integers are clipped to the range that was trained.
 """
 from __future__ import annotations
 
@@ -43,14 +47,21 @@ from ..export import onnx_bytes
 from ..image_input import check_reads_image_files
 from ..inference import fold_batch_norm
 from ..models import ResNet
-from .quantize import check_backend, int8_metadata, quiet_quantization, save_onnx, save_x86
+from .int8_target import Int8Layout, int8_layout
+from .quantize import check_backend, int8_backend, int8_metadata, quiet_quantization, save_onnx, save_x86
+
+INT8_RANGE = (-128, 127)  # the only signed range the ONNX exporter converts
 
 
-def quantization_aware_training(model: ResNet, data: str, out: str | Path, backend: str = "onnxruntime",
-                                epochs: int = 1, lr: float = 1e-3, batch_size: int = 64) -> Path:
-    """Fine-tune ``model`` with fake quantization on ``data``'s train split; write its INT8 file ``out``."""
+def quantization_aware_training(model: ResNet, data: str, out: str | Path, backend: str = "auto",
+                                epochs: int = 1, lr: float = 1e-3, batch_size: int = 64,
+                                target: str = "auto") -> Path:
+    """Fine-tune ``model`` with fake quantization on ``data``'s train split; write its INT8 file ``out``
+    laid out for ``target``'s CPUs (``int8_target``), for ``backend`` ("auto": ``int8_backend``'s choice)."""
     out = Path(out)
+    backend = int8_backend(backend)
     check_backend(backend, out, model)
+    layout = int8_layout(backend, target)
     if epochs < 1 or batch_size < 1:
         raise ConfigError(f"QAT needs at least 1 epoch and a batch of at least 1, not {epochs} and {batch_size}")
     optim = OptimConfig(lr=lr)  # the recipe's SGD; validates lr
@@ -62,22 +73,22 @@ def quantization_aware_training(model: ResNet, data: str, out: str | Path, backe
                         f"{', '.join(model.class_names or map(str, range(model.config.num_classes)))}. "
                         "QAT fine-tunes on the model's own classes")
     example = torch.randn(1, model.config.in_chans, model.preprocessing.input_size, model.preprocessing.input_size)
-    prepared = prepare_qat(model, backend, example)
+    prepared = prepare_qat(model, backend, layout, example)
     finetune(prepared, train_loader, epochs, optim, fp32_distillation(model))
-    metadata = int8_metadata(model, backend, qat={"epochs": epochs, "lr": lr, "batch_size": batch_size,
+    metadata = int8_metadata(model, backend, layout, qat={"epochs": epochs, "lr": lr, "batch_size": batch_size,
                                                    "images": info.num_train})
     return save_qat_model(prepared, example, out, backend, metadata)
 
 
-def prepare_qat(model: ResNet, backend: str, example: torch.Tensor) -> torch.fx.GraphModule:
-    """A training copy of ``model``, BN folded, with fake quantization for ``backend``."""
+def prepare_qat(model: ResNet, backend: str, layout: Int8Layout, example: torch.Tensor) -> torch.fx.GraphModule:
+    """A training copy of ``model``, BN folded, with fake quantization laid out as ``layout``."""
     from torch.ao.quantization.quantize_fx import prepare_qat_fx
 
     # Folding a bias-free convolution's BN makes a bias that does not require gradients: it is BN's
     # shift, and trains like every other parameter.
     folded = fold_batch_norm(model).requires_grad_(True).train()
     with quiet_quantization():
-        return prepare_qat_fx(folded, _qconfig_mapping(backend), (example,))
+        return prepare_qat_fx(folded, _qconfig_mapping(backend, layout), (example,))
 
 
 def fp32_distillation(model: ResNet) -> LossFn:
@@ -122,15 +133,16 @@ def save_qat_model(prepared: torch.fx.GraphModule, example: torch.Tensor, out: P
         return out
     import onnx
 
+    trained_range = _widen_weight_quantization(prepared)
     with quiet_quantization():
         graph = onnx.load_from_string(onnx_bytes(prepared, example))
-    _store_int8_weights(graph)
+    _store_int8_weights(graph, trained_range)
     _scalar_quantization_parameters(graph)
     save_onnx(graph, out, metadata)
     return out
 
 
-def _qconfig_mapping(backend: str):
+def _qconfig_mapping(backend: str, layout: Int8Layout):
     from torch.ao.quantization import (FakeQuantize, MovingAverageMinMaxObserver, QConfig,
                                        default_per_channel_weight_fake_quant, get_default_qat_qconfig_mapping)
 
@@ -139,12 +151,28 @@ def _qconfig_mapping(backend: str):
         return mapping
     activation = FakeQuantize.with_args(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255,
                                         dtype=torch.quint8)
-    return mapping.set_global(QConfig(activation=activation, weight=default_per_channel_weight_fake_quant))
+    low, high = layout.weight_range
+    weight = default_per_channel_weight_fake_quant.with_args(quant_min=low, quant_max=high)
+    return mapping.set_global(QConfig(activation=activation, weight=weight))
 
 
-def _store_int8_weights(graph) -> None:
-    """Replace each QuantizeLinear of a constant (a weight) by the INT8 tensor it gives, so the file
-    holds INT8 weights, as the post-training files do, instead of fp32 ones quantized at every load."""
+def _widen_weight_quantization(prepared: torch.fx.GraphModule) -> tuple[int, int]:
+    """Give every weight's fake quantization the int8 range the exporter takes, its scale unchanged;
+    the range it was trained with, which the stored integers keep."""
+    quantizers = [module.weight_fake_quant for module in prepared.modules() if hasattr(module, "weight_fake_quant")]
+    trained = {(quantizer.quant_min, quantizer.quant_max) for quantizer in quantizers}
+    if len(trained) != 1:
+        raise ValueError(f"expected one weight range for the whole model, found {sorted(trained)}")
+    for quantizer in quantizers:  # FakeQuantize's forward reads its observer's range
+        quantizer.quant_min, quantizer.quant_max = INT8_RANGE
+        quantizer.activation_post_process.quant_min, quantizer.activation_post_process.quant_max = INT8_RANGE
+    return trained.pop()
+
+
+def _store_int8_weights(graph, trained_range: tuple[int, int]) -> None:
+    """Replace each QuantizeLinear of a constant (a weight) by the INT8 tensor it gives, clipped to
+    ``trained_range``, so the file holds INT8 weights, as the post-training files do, instead of fp32
+    ones quantized at every load."""
     from onnx import numpy_helper
 
     values = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.graph.initializer}
@@ -161,9 +189,8 @@ def _store_int8_weights(graph) -> None:
             shape[axis] = -1
         # ONNX QuantizeLinear: saturate(round_half_to_even(x / scale) + zero_point)
         quantized = np.rint(weight / scale.reshape(shape)) + zero_point.reshape(shape)
-        limits = np.iinfo(zero_point.dtype)
         graph.graph.initializer.append(numpy_helper.from_array(
-            np.clip(quantized, limits.min, limits.max).astype(zero_point.dtype), node.output[0]))
+            np.clip(quantized, *trained_range).astype(zero_point.dtype), node.output[0]))
         graph.graph.node.remove(node)
     _drop_unused(graph)
 

@@ -20,7 +20,8 @@ Each backend quantizes with its own runtime's tool, so that the runtime recognis
   ``convert_fx`` turns each residual addition and its ReLU into one quantized ``add_relu``. Saved as
   TorchScript (.pt) with the metadata, as ``export --format torchscript`` saves fp32 models.
 
-Every file carries the model's metadata with ``precision: int8`` and ``runtime``: the backend.
+Every file carries the model's metadata with ``precision: int8``, ``runtime`` (the backend) and
+``int8`` (``int8_target.Int8Layout``: 7-bit weights for CPUs without VNNI, where 8 bits can clip).
 ``qat.py`` writes the same files after quantization-aware training.
 """
 from __future__ import annotations
@@ -44,6 +45,8 @@ from ..image_input import check_reads_image_files, normalize, read_crop
 from ..models import ResNet
 from ..models.weights import model_metadata
 from ..predict import image_paths
+from ..bench.hardware import Int8Support, int8_support
+from .int8_target import Int8Layout, int8_layout
 
 logger = logging.getLogger("resnetlab")
 BACKENDS = {"onnxruntime": ".onnx", "openvino": ".onnx", "x86": ".pt"}  # each backend's file
@@ -82,6 +85,18 @@ def calibration_paths(folder: str | Path, limit: int) -> list[Path]:
     return [paths[index] for index in torch.linspace(0, len(paths) - 1, min(limit, len(paths))).round().long()]
 
 
+def int8_backend(backend: str, method: str | None = None, cpu: Int8Support | None = None) -> str:
+    """``backend``, or for "auto" the fastest INT8 runtime installed for this kind of CPU: OpenVINO where
+    there is no VNNI (BENCHMARKS.md, Zen 3: resnet50 INT8 2.8x OpenVINO's fp32, where ONNX Runtime's INT8
+    with sums that cannot clip ran 1.0-1.3x its own), ONNX Runtime elsewhere (about 3x with VNNI).
+    A range ``method`` is ONNX Runtime's alone, so "auto" with one is ONNX Runtime."""
+    if backend != "auto":
+        return backend
+    cpu = cpu or int8_support()
+    openvino = all(importlib.util.find_spec(module) is not None for module in REQUIRES["openvino"])
+    return "openvino" if cpu.saturates and openvino and method is None else "onnxruntime"
+
+
 def check_backend(backend: str, out: Path, model: ResNet | None = None) -> None:
     """Before any work: the backend is known and installed, ``out`` is its kind of file, the model fits it."""
     if backend not in BACKENDS:
@@ -101,19 +116,22 @@ def check_backend(backend: str, out: Path, model: ResNet | None = None) -> None:
                           "deploy a deformable model in fp32 (resnetlab export)")
 
 
-def int8_metadata(model: ResNet, backend: str, **how) -> dict:
-    """The model's metadata for its INT8 file: what runs it, and how it was quantized."""
-    return {**model_metadata(model), "precision": "int8", "runtime": backend, **how}
+def int8_metadata(model: ResNet, backend: str, layout: Int8Layout, **how) -> dict:
+    """The model's metadata for its INT8 file: what runs it, for which CPUs, and how it was quantized."""
+    return {**model_metadata(model), "precision": "int8", "runtime": backend, "int8": layout.metadata(), **how}
 
 
 def quantize_model(model: ResNet, calibration: list[torch.Tensor], out: str | Path, method: str | None = None,
-                   backend: str = "onnxruntime") -> Path:
+                   backend: str = "auto", target: str = "auto") -> Path:
     """Write ``out``: ``model`` with INT8 weights and activations for ``backend``, with its metadata.
 
     ``method`` chooses how ONNX Runtime sets activation ranges (default minmax); NNCF and PyTorch
-    use their own (min-max without bias correction, and histograms).
+    use their own (min-max without bias correction, and histograms). ``target`` chooses the CPUs the
+    integers are laid out for (``int8_target``): "auto" is this one's kind. ``backend`` "auto":
+    ``int8_backend``'s choice for this CPU.
     """
     out = Path(out)
+    backend = int8_backend(backend, method)
     check_backend(backend, out, model)
     if method is not None and backend != "onnxruntime":
         raise ConfigError(f"--calibration chooses ONNX Runtime's range method; --backend {backend} calibrates "
@@ -121,16 +139,18 @@ def quantize_model(model: ResNet, calibration: list[torch.Tensor], out: str | Pa
     method = method or "minmax"
     if method not in CALIBRATION_METHODS:
         raise ConfigError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    layout = int8_layout(backend, target)
     model = model.eval()
     example = calibration[0][:1]
-    metadata = int8_metadata(model, backend, calibration={
+    metadata = int8_metadata(model, backend, layout, calibration={
         "method": {"onnxruntime": method, "openvino": "nncf minmax", "x86": "histogram"}[backend],
         "images": sum(len(batch) for batch in calibration)})
     if backend == "x86":
         save_x86(_x86_int8(model, calibration), example, out, metadata)
     else:
         fp32 = onnx_bytes(model, example)
-        int8 = _nncf_int8(fp32, calibration) if backend == "openvino" else _onnxruntime_int8(fp32, calibration, method)
+        int8 = _nncf_int8(fp32, calibration, layout) if backend == "openvino" \
+            else _onnxruntime_int8(fp32, calibration, method, layout)
         save_onnx(int8, out, metadata)
     return out
 
@@ -188,23 +208,26 @@ def _x86_int8(model: ResNet, calibration: list[torch.Tensor]) -> torch.nn.Module
         return convert_fx(prepared)
 
 
-def _nncf_int8(fp32: bytes, calibration: list[torch.Tensor]):
+def _nncf_int8(fp32: bytes, calibration: list[torch.Tensor], layout: Int8Layout):
     # NNCF imports torch's C++ extension builder, which logs that a CPU-only machine has no CUDA.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     import nncf
     import onnx
 
-    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     dataset = nncf.Dataset(calibration, lambda batch: {"images": batch.numpy()})
+    # NNCF's overflow fix is the 7-bit weights of every convolution and the classifier.
     settings = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX,
-                                              disable_bias_correction=True)
+                                              disable_bias_correction=True,
+                                              overflow_fix=OverflowFix.ENABLE if layout.weight_bits == 7
+                                              else OverflowFix.DISABLE)
     return nncf.quantize(onnx.load_from_string(fp32), dataset, subset_size=len(calibration),
                          advanced_parameters=settings)
 
 
-def _onnxruntime_int8(fp32: bytes, calibration: list[torch.Tensor], method: str):
+def _onnxruntime_int8(fp32: bytes, calibration: list[torch.Tensor], method: str, layout: Int8Layout):
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -224,6 +247,7 @@ def _onnxruntime_int8(fp32: bytes, calibration: list[torch.Tensor], method: str)
         quant_pre_process(str(source), str(prepared))
         quantize_static(str(prepared), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        reduce_range=layout.weight_bits == 7,  # ONNX Runtime's name for 7-bit weights
                         calibrate_method={"minmax": CalibrationMethod.MinMax,
                                           "percentile": CalibrationMethod.Percentile,
                                           "entropy": CalibrationMethod.Entropy}[method])
