@@ -93,7 +93,9 @@ def test_distributed_ranks_share_out_train_and_val_images(cifar_subset):
     for rank in range(3):
         train_loader, val_loader, _ = build_loaders(config, CIFAR10, seed=5, rank=rank, world_size=3)
         train_loader.sampler.set_epoch(2)
-        shard = list(train_loader.sampler)
+        keys = list(train_loader.sampler)
+        assert {(key.seed, key.epoch) for key in keys} == {(5, 2)}  # with the index, they fix the augmentation
+        shard = [key.index for key in keys]
         assert len(shard) == 67 and len(train_loader) == 6
         train_indices += shard
         val_indices += list(val_loader.sampler)

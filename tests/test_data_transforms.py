@@ -80,7 +80,7 @@ def test_unknown_preset_is_a_config_error():
 def test_batch_transform_normalises_with_the_preprocessing_statistics():
     images = torch.tensor([0, 128, 255], dtype=torch.uint8).view(1, 3, 1, 1).repeat(2, 1, 2, 2)
     labels = torch.tensor([3, 7])
-    out, targets = BatchTransform(CIFAR10.mean, CIFAR10.std)((images, labels))
+    out, targets = BatchTransform(CIFAR10.mean, CIFAR10.std)((images, labels, [0, 1]))
     mean, std = torch.tensor(CIFAR10.mean).view(1, 3, 1, 1), torch.tensor(CIFAR10.std).view(1, 3, 1, 1)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, (images.float() / 255 - mean) / std)
@@ -96,7 +96,7 @@ def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one(mixup, cutmix):
     own, partner = F.one_hot(labels, 10).float(), F.one_hot(labels.roll(1), 10).float()
     weights = []
     for _ in range(4):
-        out, targets = collate((images, labels))
+        out, targets = collate((images, labels, list(range(16))))  # plain indices: the global RNG
         assert out.shape == (16, 3, 32, 32) and targets.shape == (16, 10)
         torch.testing.assert_close(targets.sum(1), torch.ones(16))
         # Each image is mixed with its neighbour in the batch, weighted as its pixels were.

@@ -45,40 +45,70 @@ def cli_train(*args: str, timeout: float = 300, env: dict | None = None, backgro
     return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
 
 
+def kill_9_after_the_first_checkpoint(*args: str, run_dir: Path, seconds_after: float = 0.5) -> int:
+    """Start ``train *args --out run_dir`` and kill -9 it ``seconds_after`` its first checkpoint, while
+    the next epoch runs. Returns the last epoch the checkpoint holds."""
+    killed = cli_train(*args, "--out", str(run_dir), background=True)
+    metrics, state = run_dir / "metrics.jsonl", run_dir / "last.pt"
+    deadline = time.monotonic() + 240
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1 and state.exists()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(seconds_after)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL
+    return load_training_state(state)["epoch"]
+
+
+def assert_same_final_weights(run_dir: Path, other_dir: Path, epochs: int) -> None:
+    run, other = load_training_state(run_dir / "last.pt"), load_training_state(other_dir / "last.pt")
+    assert run["epoch"] == other["epoch"] == epochs - 1
+    assert run["model"].keys() == other["model"].keys()
+    for key, value in run["model"].items():
+        assert torch.equal(value, other["model"][key]), key
+
+
 def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(cifar_small, tmp_path):
     common = ["--model", "cifar_resnet20", "--data", str(cifar_small), "--epochs", "4", "--batch-size", "50",
               "--max-per-class", "40", "--deterministic", "--seed", "3"]
     reference = cli_train(*common, "--out", str(tmp_path / "whole"))
     assert reference.returncode == 0, reference.stderr
 
-    killed = cli_train(*common, "--out", str(tmp_path / "killed"), background=True)
-    metrics = tmp_path / "killed" / "metrics.jsonl"
-    deadline = time.monotonic() + 240
-    state = tmp_path / "killed" / "last.pt"
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1 and state.exists()) \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # well into the second epoch
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert killed.returncode == -signal.SIGKILL
-    done_before_kill = load_training_state(tmp_path / "killed" / "last.pt")["epoch"]
+    done_before_kill = kill_9_after_the_first_checkpoint(*common, run_dir=tmp_path / "killed")
     assert done_before_kill < 3, "the run finished before it could be killed"
 
     resumed = cli_train("--resume", str(tmp_path / "killed"))
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming {tmp_path / 'killed'} after epoch {done_before_kill + 1}" in resumed.stderr
 
-    whole = load_training_state(tmp_path / "whole" / "last.pt")
-    again = load_training_state(tmp_path / "killed" / "last.pt")
-    assert whole["epoch"] == again["epoch"] == 3
-    for key, value in whole["model"].items():
-        assert torch.equal(value, again["model"][key]), key
+    assert_same_final_weights(tmp_path / "whole", tmp_path / "killed", epochs=4)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
     epochs_logged = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     assert epochs_logged == [0, 1, 2, 3]
 
     finished = cli_train("--resume", str(tmp_path / "whole"))
     assert finished.returncode == 0 and "the run has already finished its 4 epochs; give --epochs N" in finished.stderr
+
+
+def test_kill_9_of_a_run_with_workers_on_photos_then_resume_ends_with_the_weights_of_an_uninterrupted_run(
+        hymenoptera_root, tmp_path):
+    # Photos decoded per item by 2 persistent workers, drawing every kind of random augmentation:
+    # the workers' RNG states, which the kill loses, used to decide them.
+    common = ["--model", "cifar_resnet20", "--data", str(hymenoptera_root), "--epochs", "3", "--batch-size", "8",
+              "--max-per-class", "16", "--input-size", "32", "--augment", "imagenet", "--auto-augment", "randaugment",
+              "--mixup", "0.2", "--cutmix", "1.0", "--workers", "2", "--deterministic", "--seed", "3"]
+    reference = cli_train(*common, "--out", str(tmp_path / "whole"))
+    assert reference.returncode == 0, reference.stderr
+    assert "decoded per item, imagenet augmentation" in reference.stderr
+
+    # Soon after: its short epochs (4 steps) would otherwise finish first on a fast machine.
+    done_before_kill = kill_9_after_the_first_checkpoint(*common, run_dir=tmp_path / "killed", seconds_after=0.2)
+    assert done_before_kill < 2, "the run finished before it could be killed"
+    resumed = cli_train("--resume", str(tmp_path / "killed"))
+    assert resumed.returncode == 0, resumed.stderr
+
+    assert_same_final_weights(tmp_path / "whole", tmp_path / "killed", epochs=3)
 
 
 def test_a_resume_may_run_longer_but_not_change_what_made_its_checkpoints(tmp_path):

@@ -1,8 +1,10 @@
 """Datasets of (image, label): decoded once into memory, or decoded per item from disk.
 
-Both hand the DataLoader whole batches through ``__getitems__``: a uint8 Bx3xSxS tensor and
-int64 labels, which ``transforms.BatchTransform`` (the collate function) turns into the
-model's float input. Augmentation that can run on a whole batch does, in one pass.
+Both hand the DataLoader whole batches through ``__getitems__``: a uint8 Bx3xSxS tensor,
+int64 labels and the batch's keys, which ``transforms.BatchTransform`` (the collate function)
+turns into the model's float input. Augmentation that can run on a whole batch does, in one pass.
+A key is an index, or a ``SampleKey`` from the train sampler, which also fixes the item's random
+augmentation (``seeding``); a whole-batch one is fixed by all the batch's keys.
 """
 from __future__ import annotations
 
@@ -17,10 +19,12 @@ from torchvision.transforms import v2
 
 from ..errors import DataError
 from .decode import check_image_file, decode_image_file
+from .seeding import Key, index_of, seeded_by
 
 logger = logging.getLogger("resnetlab")
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor, Sequence[Key]]  # uint8 images, int64 labels, their keys
 
 
 @dataclass(frozen=True)
@@ -44,17 +48,23 @@ class CachedImages(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.transform(self.images[index]), int(self.labels[index])
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int]:
+        index = index_of(key)
+        return self._augment(self.images[index], key), int(self.labels[index])
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
+    def __getitems__(self, keys: Sequence[Key]) -> Batch:
+        index = torch.as_tensor([index_of(key) for key in keys])
         images = self.images.index_select(0, index)  # far cheaper than images[index]
         if self.batched:
-            images = self.transform(images)
+            with seeded_by(keys, "batch"):
+                images = self.transform(images)
         else:
-            images = torch.stack([self.transform(image) for image in images])
-        return images, self.labels.index_select(0, index)
+            images = torch.stack([self._augment(image, key) for image, key in zip(images, keys)])
+        return images, self.labels.index_select(0, index), keys
+
+    def _augment(self, image: torch.Tensor, key: Key) -> torch.Tensor:
+        with seeded_by((key,), "item"):
+            return self.transform(image)
 
 
 class ImageFiles(Dataset):
@@ -75,11 +85,14 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, int]:
+        index = index_of(key)
         for offset in range(len(self.files)):
             candidate = (index + offset) % len(self.files)
             try:
-                return self.transform(decode_image_file(self.files[candidate])), self.labels[candidate]
+                image = decode_image_file(self.files[candidate])
+                with seeded_by((key,), "item"):  # a replacement file is augmented as the bad one would be
+                    return self.transform(image), self.labels[candidate]
             except DataError as error:
                 if self.bad_images == "error":
                     raise
@@ -87,9 +100,9 @@ class ImageFiles(Dataset):
                                error)
         raise DataError(f"none of the {len(self.files)} images could be decoded")
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        items = [self[index] for index in indices]
-        return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items])
+    def __getitems__(self, keys: Sequence[Key]) -> Batch:
+        items = [self[key] for key in keys]
+        return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items]), keys
 
 
 def check_files(files: Sequence[Path]) -> tuple[list[int], list[BadImage]]:

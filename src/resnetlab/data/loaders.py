@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import DataConfig
 from ..errors import ConfigError, DataError
@@ -23,6 +23,7 @@ from . import cifar10
 from .datasets import BadImage, CachedImages, ImageFiles, check_files, decode_files
 from .decode import check_image_file
 from .folders import Split, check_class_sets, file_list_hash, find_splits, scan_split
+from .seeding import KeyedSampler
 from .transforms import BatchTransform, batch_mix, eval_transform, runs_on_batches, train_transform
 
 logger = logging.getLogger("resnetlab")
@@ -90,10 +91,11 @@ def build_loaders(config: DataConfig, preprocessing: Preprocessing, *, seed: int
     or (B, classes) soft targets when mixup/cutmix is on (train only). The train loader
     shuffles with ``seed``: call ``train_loader.sampler.set_epoch(epoch)`` every epoch for a
     new order. With ``world_size`` > 1 (``torch.distributed`` ranks) each process gets its
-    own shard: the train shard from a ``DistributedSampler``, the val shard without repeats,
-    so each image is evaluated once over all processes. ``config.batch_size`` is per process.
-    Augmentation draws from torch's global RNG when loading in the main process (seed it with
-    ``torch.manual_seed(seed + rank)``), and from workers seeded by ``seed + rank`` otherwise.
+    own shard: the train shard from a ``DistributedSampler`` (``KeyedSampler``), the val shard
+    without repeats, so each image is evaluated once over all processes. ``config.batch_size``
+    is per process.
+    Augmentation is a function of (``seed``, epoch, image index) alone (``seeding``): the same
+    in a resumed run, with any number of workers, and it leaves torch's global RNG as it was.
     """
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank {rank} is not among world_size {world_size} processes")
@@ -111,7 +113,7 @@ def build_loaders(config: DataConfig, preprocessing: Preprocessing, *, seed: int
         # Whole-batch augmentation of cached images is cheaper than shipping batches between processes.
         in_process = isinstance(train_set, CachedImages) and train_set.batched
         workers = 0 if in_process else min(MAX_WORKERS, len(os.sched_getaffinity(0)))
-    train_sampler = DistributedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    train_sampler = KeyedSampler(train_set, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     if len(train_sampler) < config.batch_size:
         raise DataError(f"{len(train_set)} training images make no full batch of {config.batch_size} "
                         f"on each of {world_size} process(es); lower the batch size (--batch-size)")
@@ -151,7 +153,8 @@ def _loader(dataset: Dataset, sampler: Sampler, collate: BatchTransform, batch_s
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=collate, pin_memory=torch.cuda.is_available(), drop_last=drop_last,
                       persistent_workers=workers > 0,
-                      # Seeds the workers' augmentation, so a run with workers is repeatable too.
+                      # Each new iterator draws its workers' seed from here. From the global RNG, the
+                      # draw would shift dropout's after a resume, whose persistent workers start later.
                       generator=torch.Generator().manual_seed(seed))
 
 

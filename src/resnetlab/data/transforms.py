@@ -15,6 +15,7 @@ from torchvision.transforms import v2
 
 from ..errors import ConfigError
 from ..preprocessing import Preprocessing
+from .seeding import Key, seeded_by
 
 CIFAR_SHIFT = 4  # pixels: the pad-4-and-crop of He et al. 2016, section 4.2
 RANDAUGMENT_MAGNITUDE = 9  # torchvision's reference ImageNet recipes use 9 (of 31 levels)
@@ -110,9 +111,10 @@ def batch_mix(mixup_alpha: float, cutmix_alpha: float, num_classes: int) -> nn.M
 class BatchTransform:
     """The DataLoader's collate function: a uint8 batch to normalised float32, then mixed.
 
-    Receives ``(images, labels)`` from the datasets' ``__getitems__``; returns float32
+    Receives ``(images, labels, keys)`` from the datasets' ``__getitems__``; returns float32
     Bx3xSxS images and int64 labels of shape (B,), or float (B, classes) soft targets summing
-    to 1 when mixing. It runs in the loader's workers, so the main process only trains.
+    to 1 when mixing. Training ``SampleKey``s fix the batch's mixing. It runs in the loader's
+    workers, so the main process only trains.
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], mix: nn.Module | None = None):
@@ -121,11 +123,12 @@ class BatchTransform:
         self.shift = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) / std_
         self.mix = mix
 
-    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = batch
+    def __call__(self, batch: tuple[torch.Tensor, torch.Tensor, Sequence[Key]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels, keys = batch
         images = images.float().mul_(self.scale).sub_(self.shift)
         if self.mix is not None:
-            images, labels = self.mix(images, labels)
+            with seeded_by(keys, "mix"):
+                images, labels = self.mix(images, labels)
         return images, labels
 
 

@@ -11,18 +11,17 @@ from ..atomic import atomic_path
 from ..errors import CheckpointError
 
 
-def rng_state(loader_generator: torch.Generator) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "loader": loader_generator.get_state()}
+def rng_state() -> dict:
+    """The process's RNGs (weights, dropout, drop-path); augmentation keeps none (``data.seeding``)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def restore_rng_state(state: dict, loader_generator: torch.Generator) -> None:
+def restore_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    loader_generator.set_state(state["loader"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 

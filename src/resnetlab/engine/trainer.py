@@ -104,7 +104,7 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
         schedule.plateau.__dict__.update(resumed["plateau"])
         start_epoch, step = resumed["epoch"] + 1, resumed["step"]
         best_top1, best_epoch = resumed["best_top1"], resumed["best_epoch"]
-        restore_rng_state(resumed["rng"], train_loader.generator)
+        restore_rng_state(resumed["rng"])
         if ctx.is_main:
             logger.info("resuming %s after epoch %d (step %d)", run_dir, start_epoch, step)
             if config.max_steps is not None and step >= config.max_steps:
@@ -175,7 +175,7 @@ def _run(config: TrainConfig, ctx: Context) -> RunResult:
                 "scaler": scaler.state_dict() if scaler else None, "ema": ema.state_dict() if ema else None,
                 "plateau": dict(schedule.plateau.__dict__), "epoch": epoch, "step": step,
                 "global_batch": global_batch, "best_top1": best_top1, "best_epoch": best_epoch,
-                "rng": rng_state(train_loader.generator),
+                "rng": rng_state(),
             })
             top5 = f", top-5 {100 * val.top5:.2f}%" if val.top5 is not None else ""
             logger.info("epoch %d/%d: train loss %.4f, %s loss %.4f, top-1 %.2f%%%s, lr %.4g, %.0f img/s",
