@@ -93,16 +93,19 @@ def main() -> None:
             example = calibration[0][:1]
             # (row, runtime whose fp32 it is compared with, callable)
             rows = [("PyTorch eager fp32", None, model)]
-            rows.append(("ONNX Runtime fp32", None, load_deployed(write_fp32_reference(model, "onnxruntime", folder))))
+            for runtime in ("onnxruntime", "openvino", "x86"):  # each runtime's fp32 file in a folder of its own
+                (folder / runtime).mkdir()
+            rows.append(("ONNX Runtime fp32", None,
+                         load_deployed(write_fp32_reference(model, "onnxruntime", folder / "onnxruntime"))))
             rows += [(f"ONNX Runtime {variant}", "ONNX Runtime fp32", onnxruntime_runner(path))
                      for variant, path in onnxruntime_variants(model, calibration, folder).items()]
-            rows.append(("OpenVINO fp32", None, load_deployed(write_fp32_reference(model, "openvino", folder))))
+            rows.append(("OpenVINO fp32", None,
+                         load_deployed(write_fp32_reference(model, "openvino", folder / "openvino"))))
             for target, label in (("vnni", "8-bit weights (overflow fix off)"),
                                   ("no-vnni", "7-bit weights (overflow fix on)")):
                 path = quantize_model(model, calibration, folder / f"ov-{target}.onnx", backend="openvino",
                                       target=target)
                 rows.append((f"OpenVINO NNCF {label}", "OpenVINO fp32", load_deployed(path)))
-            (folder / "x86").mkdir()
             rows.append(("TorchScript fp32", None, load_deployed(write_fp32_reference(model, "x86", folder / "x86"))))
             rows.append(("PyTorch x86 INT8 (FX)", "TorchScript fp32",
                          load_deployed(quantize_model(model, calibration, folder / "x86.pt", backend="x86"))))

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from resnetlab import load_model
-from resnetlab.cli import main
 from resnetlab.bench.hardware import Int8Support, int8_support
+from resnetlab.cli import main
+from resnetlab.compress.chain import ChainSettings, check_steps
 from resnetlab.compress.int8_target import int8_layout, speed_note
 from resnetlab.compress.qat import finetune, fp32_distillation, prepare_qat, save_qat_model
 from resnetlab.compress.quantize import (BACKENDS, calibration_batches, calibration_paths, int8_backend,
@@ -20,7 +21,7 @@ from resnetlab.config import DataConfig, OptimConfig
 from resnetlab.data.loaders import build_loaders
 from resnetlab.deployed import load_deployed
 from resnetlab.engine.evaluation import evaluate_model
-from resnetlab.errors import DataError
+from resnetlab.errors import ConfigError, DataError
 from resnetlab.export import export_model, read_export_metadata
 from resnetlab.inference import fold_batch_norm
 from subsets import cifar_subset
@@ -99,7 +100,7 @@ def weight_integers(path) -> list:
 
 
 def largest_weight_integer(path) -> int:
-    return int(max(abs(integers).max() for integers in weight_integers(path)))
+    return int(max(abs(integers.astype("int64")).max() for integers in weight_integers(path)))  # int8 -128 wraps
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
@@ -114,9 +115,11 @@ def test_ptq_lays_weights_out_for_the_target_cpu(cifar_classifier, cifar_eval, r
                                      "activation_bits": 8}
     # 7 bits: at most 64 (ONNX Runtime's reduce_range is -64..64), where 8 bits reach 127.
     assert (largest_weight_integer(out) <= 64) == (target == "no-vnni")
-    assert agreement(in_float_arithmetic(out), model, real_images) >= 0.9  # what the file computes, anywhere
+    in_float, as_run = agreement(in_float_arithmetic(out), model, real_images), agreement(int8, model, real_images)
+    print(f"{backend} {target}: {as_run:.1%} of fp32's predictions as run here, {in_float:.1%} in float")  # -s
+    assert in_float >= 0.9  # what the file computes, on any CPU
     if target == "no-vnni" or not NO_VNNI:  # the runtime's integer kernels, on a CPU the file is for
-        assert agreement(int8, model, real_images) >= 0.9
+        assert as_run >= 0.9
 
 
 def test_int8_keeps_the_fp32_predictions_on_real_images(cifar_classifier, cifar_eval, int8_model):
@@ -345,8 +348,18 @@ def test_the_int8_layout_follows_the_target_cpu(cpu, target, weight_bits):
 
 
 def test_an_unknown_int8_target_is_refused():
-    with pytest.raises(Exception, match="unknown INT8 target 'avx'; choose one of auto, vnni, no-vnni"):
+    with pytest.raises(ConfigError, match="unknown INT8 target 'avx'; choose one of auto, vnni, no-vnni"):
         int8_layout("onnxruntime", "avx", WITH_VNNI)
+    with pytest.raises(ConfigError, match="unknown INT8 target 'avx'"):  # before any pruning or training
+        check_steps(["prune", "quantize"], ChainSettings(int8_target="avx"))
+    with pytest.raises(ConfigError, match="--int8-target applies to the quantize step"):
+        check_steps(["prune"], ChainSettings(int8_target="vnni"))
+
+
+def test_x86_int8_target_is_refused_as_it_changes_nothing(cifar_classifier, cifar_eval, tmp_path, capsys):
+    assert main(["quantize", "--checkpoint", str(cifar_classifier), "--calib", str(cifar_eval / "train"),
+                 "--backend", "x86", "--int8-target", "vnni", "--out", str(tmp_path / "int8.pt")]) == 2
+    assert "--backend x86 keeps PyTorch's own settings, right on every CPU" in capsys.readouterr().err
 
 
 def test_int8_that_does_not_pay_says_why_on_a_cpu_without_vnni():
@@ -365,8 +378,13 @@ def test_quantize_prints_and_records_the_cpus_it_is_for(cifar_classifier, cifar_
     assert read_export_metadata(out)["int8"]["weight_bits"] == 7
 
 
-def test_the_default_backend_is_the_fastest_int8_runtime_for_the_cpu():
-    assert int8_backend("auto", cpu=WITHOUT_VNNI) == "openvino"  # 2.8x its fp32 there, ONNX Runtime 1.0-1.3x
-    assert int8_backend("auto", cpu=WITH_VNNI) == "onnxruntime"
-    assert int8_backend("auto", "entropy", WITHOUT_VNNI) == "onnxruntime"  # the one that takes a range method
-    assert int8_backend("x86", cpu=WITHOUT_VNNI) == "x86"  # a backend given is kept
+@pytest.mark.parametrize("openvino_installed", [True, False])
+def test_the_default_backend_is_the_fastest_int8_runtime_for_the_target_cpus(monkeypatch, openvino_installed):
+    find_spec, missing = importlib.util.find_spec, set() if openvino_installed else {"openvino", "nncf"}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None if name in missing else
+                        find_spec(name, *rest))
+    # Without VNNI, OpenVINO's INT8 ran resnet50 in 43 ms, ONNX Runtime's in 80 (BENCHMARKS.md).
+    assert int8_backend("auto", target="no-vnni") == ("openvino" if openvino_installed else "onnxruntime")
+    assert int8_backend("auto", target="vnni") == "onnxruntime"
+    assert int8_backend("auto", "entropy", "no-vnni") == "onnxruntime"  # the one that takes a range method
+    assert int8_backend("x86", target="no-vnni") == "x86"  # a backend given is kept

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .compress.chain import PRUNE_IMAGES, ChainSettings
 from .compress.int8_target import INT8_TARGETS
+from .compress.quantize import BACKENDS
 from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
@@ -32,7 +33,7 @@ def add_export_parser(commands) -> None:
     quantize.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
     quantize.add_argument("--method", default="ptq", choices=["ptq", "qat"],
                           help="post-training quantization, or quantization-aware training (default ptq)")
-    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "openvino", "x86"],
+    quantize.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
                           help="the runtime the INT8 model is made for (default auto: OpenVINO on CPUs without "
                                "VNNI if installed, where it measured fastest; ONNX Runtime elsewhere)")
     quantize.add_argument("--calib", type=Path,
@@ -121,15 +122,19 @@ def cmd_export(args: argparse.Namespace, console) -> None:
 def cmd_quantize(args: argparse.Namespace, console) -> None:
     from .compress.chain import measure_file, time_records
     from .compress.int8_target import int8_layout, speed_note
-    from .compress.quantize import BACKENDS, RUNTIME_NAMES, check_backend, int8_backend, write_fp32_reference
+    from .compress.quantize import RUNTIME_NAMES, check_backend, int8_backend, write_fp32_reference
+    from .errors import ConfigError
     from .complexity import count_macs
     from .models import load_model
 
-    backend = int8_backend(args.backend, args.calibration)
+    target = args.int8_target or "auto"
+    backend = int8_backend(args.backend, args.calibration, target)
+    if backend == "x86" and args.int8_target is not None:
+        raise ConfigError("--int8-target lays out ONNX files; --backend x86 keeps PyTorch's own settings, "
+                          "right on every CPU: drop --int8-target")
     out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.int8{BACKENDS[backend]}")
     _check_method_options(args)
     check_backend(backend, out)
-    target = args.int8_target or "auto"
     layout = int8_layout(backend, target)
     model = load_model(args.checkpoint).eval()
     if args.method == "ptq":

@@ -142,6 +142,7 @@ class Int8Support:
     instruction: str | None  # the dot-product instruction that adds into 32 bits; None: there is none
     saturates: bool  # uint8 x int8 sums can clip: x86 without VNNI, or a CPU not known
     description: str  # one line, for the user
+    known: bool = True  # False: nothing told what the CPU is (no /proc/cpuinfo, say)
 
 
 def parse_int8_support(cpuinfo: str) -> Int8Support:
@@ -151,7 +152,7 @@ def parse_int8_support(cpuinfo: str) -> Int8Support:
         if re.search(r"^(Features|CPU implementer)\s*:", cpuinfo, re.MULTILINE):  # an Arm CPU
             return Int8Support(None, False, "Arm CPU: its INT8 kernels add into 32 bits and cannot clip")
         return Int8Support(None, True, "CPU not recognised: INT8 laid out as for x86 without VNNI, "
-                                       "which runs correctly on every CPU")
+                                       "which runs correctly on every CPU", known=False)
     flags = set(flags_line.group(1).split())
     found = next((name for flag, name in INT8_DOT_PRODUCTS.items() if flag in flags), None)
     if found:
@@ -161,10 +162,12 @@ def parse_int8_support(cpuinfo: str) -> Int8Support:
 
 
 def int8_support(cpuinfo: Path = CPUINFO) -> Int8Support:
-    """``parse_int8_support`` of this machine; off Linux, a CPU not known."""
+    """``parse_int8_support`` of this machine; off Linux, an Arm CPU (Apple silicon) or a CPU not known."""
     try:
         text = cpuinfo.read_text()
     except OSError:
+        if platform.machine().lower() in ("arm64", "aarch64"):
+            return Int8Support(None, False, "Arm CPU: its INT8 kernels add into 32 bits and cannot clip")
         text = ""
     return parse_int8_support(text)
 

@@ -12,6 +12,7 @@ import json
 import logging
 import shutil
 import statistics
+import tempfile
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..errors import ConfigError, DataError
 from ..export import export_model, read_export_metadata
 from ..image_input import check_reads_image_files
 from ..models import ResNet, load_model, save_weights
-from .int8_target import int8_layout, speed_note
+from .int8_target import check_int8_target, int8_layout, speed_note
 from .prune import CHANNEL_MULTIPLE, check_budget, prune_model, recalibrate_batch_norm, width_options
 from .quantize import RUNTIME_NAMES, calibration_batches, int8_backend, quantize_model, write_fp32_reference
 
@@ -105,8 +106,7 @@ def check_steps(steps: list[str], settings: ChainSettings, given: Collection[str
     _check_settings_are_used(steps, settings, given)
     if "prune" in steps:
         check_budget(settings.target_macs, settings.channel_multiple)
-    if "quantize" in steps:
-        int8_layout("onnxruntime", settings.int8_target)  # an unknown target is refused before any training
+    check_int8_target(settings.int8_target)
     if settings.epochs < 0 or (settings.epochs < 1 and "distill" in steps):
         raise ConfigError(f"training epochs must be at least 1 for distillation and 0 or more after pruning, "
                           f"not {settings.epochs}")
@@ -142,43 +142,55 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
     batches = _training_batches(original, data) if "prune" in steps else None  # before any long work
     macs = count_macs(original)  # changes only with the architecture: INT8 and export keep the arithmetic
     records = [measure_file("original", checkpoint, data, macs)]
-    fp32_on_runtime = None  # the quantized model in fp32 on ONNX Runtime: what its INT8 speed compares with
+    int8_runtime, fp32_on_runtime = None, None  # the quantized model in fp32 on its INT8 file's runtime
     current = checkpoint
-    for number, step in enumerate(steps, start=1):
-        folder = out / f"{number}-{step}"
-        if step == "prune":
-            pruned = prune_model(original, settings.target_macs, settings.criterion, settings.keep_stream,
-                                 batches if settings.criterion == "taylor" else None, settings.channel_multiple)
-            recalibrate_batch_norm(pruned, [images for images, _ in batches])
-            current, macs = save_weights(pruned, folder / "pruned.safetensors"), count_macs(pruned)
-            records.append(measure_file("prune (before training)", current, data, macs))
-            if "distill" in steps or settings.epochs == 0:
-                continue  # the distillation step trains the pruned network, with the original as teacher
-            current = _train(current, data, folder / "finetune", settings, teacher=None)
-        elif step == "distill":
-            current = _train(current if "prune" in steps else None, data, folder, settings, teacher=checkpoint)
-            macs = count_macs(load_model(current))
-        elif step == "quantize":
-            model = load_model(current).eval()
-            calibration = calibration_batches(model, _train_split(data), settings.calib_images)
-            backend = int8_backend("auto")
-            current = quantize_model(model, calibration, folder / "model.int8.onnx", backend=backend,
-                                     target=settings.int8_target)
-            runtime = RUNTIME_NAMES[backend]
-            fp32_on_runtime = measure_file(f"fp32 ({runtime})", write_fp32_reference(model, backend, folder), None, macs)
-        else:  # export: the chain's deployable file, checked against what it came from
-            current = _export(current, folder)
-        records.append(measure_file(step, current, data, macs))
-    time_records(records + [fp32_on_runtime] if fp32_on_runtime else records)
+    with tempfile.TemporaryDirectory() as scratch:  # the fp32 reference, timed and dropped
+        for number, step in enumerate(steps, start=1):
+            folder = out / f"{number}-{step}"
+            if step == "prune":
+                pruned = prune_model(original, settings.target_macs, settings.criterion, settings.keep_stream,
+                                     batches if settings.criterion == "taylor" else None, settings.channel_multiple)
+                recalibrate_batch_norm(pruned, [images for images, _ in batches])
+                current, macs = save_weights(pruned, folder / "pruned.safetensors"), count_macs(pruned)
+                records.append(measure_file("prune (before training)", current, data, macs))
+                if "distill" in steps or settings.epochs == 0:
+                    continue  # the distillation step trains the pruned network, with the original as teacher
+                current = _train(current, data, folder / "finetune", settings, teacher=None)
+            elif step == "distill":
+                current = _train(current if "prune" in steps else None, data, folder, settings, teacher=checkpoint)
+                macs = count_macs(load_model(current))
+            elif step == "quantize":
+                current, int8_runtime, fp32_on_runtime = _quantize(current, data, folder, Path(scratch), settings,
+                                                                   macs)
+            else:  # export: the chain's deployable file, checked against what it came from
+                current = _export(current, folder)
+            records.append(measure_file(step, current, data, macs))
+        time_records(records + [fp32_on_runtime] if fp32_on_runtime else records)
     if fp32_on_runtime:
         int8 = next(record for record in records if record.step == "quantize")
         note = speed_note(int8.latency_ms, fp32_on_runtime.latency_ms, int8.megabytes, fp32_on_runtime.megabytes,
-                          runtime)
+                          int8_runtime)
         if note:
             logger.info("%s", note)
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps([asdict(record) for record in records], indent=2) + "\n")
     return records
+
+
+def _quantize(current: Path, data: str, folder: Path, scratch: Path, settings: ChainSettings,
+              macs: int) -> tuple[Path, str, StepRecord]:
+    """``current``'s INT8 file for ``settings.int8_target``'s CPUs, on the fastest runtime for them; the
+    runtime's name, and the record of the same model in fp32 on it (in ``scratch``), which INT8's
+    speed is judged against."""
+    model = load_model(current).eval()
+    calibration = calibration_batches(model, _train_split(data), settings.calib_images)
+    backend = int8_backend("auto", target=settings.int8_target)
+    runtime = RUNTIME_NAMES[backend]
+    logger.info("quantize: %s INT8 %s", runtime, int8_layout(backend, settings.int8_target).summary)
+    int8 = quantize_model(model, calibration, folder / "model.int8.onnx", backend=backend,
+                          target=settings.int8_target)
+    reference = write_fp32_reference(model, backend, scratch)
+    return int8, runtime, measure_file(f"fp32 ({runtime})", reference, None, macs)
 
 
 def _train(start: Path | None, data: str, out: Path, settings: ChainSettings, teacher: Path | None) -> Path:

@@ -3,10 +3,9 @@ into 32 bits, 7 where AVX2's VPMADDUBSW adds pairs of them into 16 bits.
 
 Without VNNI, a uint8 activation times an int8 weight, twice, summed in 16 bits, reaches
 255 x 127 x 2 = 64,770 and clips at 32,767; with 7-bit weights it stays at or under
-255 x 64 x 2 = 32,640. Measured on the test suite's cifar_resnet20 and 300 real CIFAR-10 test
-images on a Zen 3 host (AVX2, no VNNI): ONNX Runtime's U8S8 file agreed with fp32 on 89.0% of
-them as run, 96.3% with the same file's arithmetic done in float (no clipping); with 7-bit
-weights, 95.7% both ways. ONNX Runtime calls this ``reduce_range``, NNCF its overflow fix.
+255 x 64 x 2 = 32,640. On a Zen 3 host (AVX2, no VNNI), ONNX Runtime's file with 8-bit weights
+kept 89% of fp32's predictions as run, 96% with its arithmetic done in float; with 7-bit weights,
+96% both ways (BENCHMARKS.md, "INT8 on a CPU without VNNI"). ONNX Runtime calls this ``reduce_range``, NNCF its overflow fix.
 
 ``target``: "vnni" (8-bit weights; run on CPUs with AVX-512 VNNI, AVX-VNNI or AMX, or on Arm),
 "no-vnni" (7-bit weights; correct on every CPU, a little coarser), or "auto": this CPU's kind, so a
@@ -21,14 +20,14 @@ from ..bench.hardware import Int8Support, int8_support
 from ..errors import ConfigError
 
 INT8_TARGETS = ("auto", "vnni", "no-vnni")
-PAYS = 1.5  # INT8 at least this many times faster than fp32 on the same runtime: no note needed
+INT8_PAYS_AT = 1.5  # INT8 this many times faster than fp32 on the same runtime, or more: nothing to explain
 
 
 @dataclass(frozen=True)
 class Int8Layout:
     """How an INT8 file's integers are laid out, and for which CPUs."""
 
-    target: str  # "vnni" or "no-vnni"
+    target: str  # "vnni", "no-vnni", or "any" (PyTorch x86's settings, right on every CPU)
     weight_bits: int  # of the int8 weights' 8
     activation_bits: int  # of the uint8 activations' 8
     summary: str  # one line for the user: for whom, what, and why
@@ -42,16 +41,27 @@ class Int8Layout:
         return {"target": self.target, "weight_bits": self.weight_bits, "activation_bits": self.activation_bits}
 
 
-def int8_layout(backend: str, target: str = "auto", cpu: Int8Support | None = None) -> Int8Layout:
-    """The layout of ``backend``'s INT8 file for ``target``; ``cpu`` (default: this one) resolves "auto"."""
+def check_int8_target(target: str) -> None:
     if target not in INT8_TARGETS:
         raise ConfigError(f"unknown INT8 target {target!r}; choose one of {', '.join(INT8_TARGETS)}")
+
+
+def resolve_target(target: str, cpu: Int8Support | None = None) -> str:
+    """``target``, or for "auto" the kind of ``cpu`` (default: this one): "vnni" or "no-vnni"."""
+    check_int8_target(target)
+    if target != "auto":
+        return target
+    return "no-vnni" if (cpu or int8_support()).saturates else "vnni"
+
+
+def int8_layout(backend: str, target: str = "auto", cpu: Int8Support | None = None) -> Int8Layout:
+    """The layout of ``backend``'s INT8 file for ``target``; ``cpu`` (default: this one) resolves "auto"."""
     cpu = cpu or int8_support()
-    resolved = ("no-vnni" if cpu.saturates else "vnni") if target == "auto" else target
-    here = f"this CPU: {cpu.instruction or 'no VNNI'}"
+    resolved = resolve_target(target, cpu)
+    here = f"this CPU: {cpu.instruction or ('no VNNI' if cpu.known else 'not recognised')}"
     if backend == "x86":
-        return Int8Layout(resolved, 8, 7, "PyTorch x86 settings: 8-bit weights, 7-bit activations, which "
-                                          f"cannot clip on any x86 CPU ({here})")
+        return Int8Layout("any", 8, 7, "PyTorch x86 settings: 8-bit weights, 7-bit activations, which "
+                                       f"cannot clip on any x86 CPU ({here})")
     if resolved == "no-vnni":
         return Int8Layout(resolved, 7, 8, "for every CPU: 7-bit weights, so that CPUs without VNNI cannot "
                                           f"clip their 16-bit sums ({here})")
@@ -62,10 +72,11 @@ def int8_layout(backend: str, target: str = "auto", cpu: Int8Support | None = No
 
 def speed_note(int8_ms: float, fp32_ms: float, int8_mb: float, fp32_mb: float, runtime: str,
                cpu: Int8Support | None = None) -> str | None:
-    """One line where INT8 barely pays because the CPU has no VNNI; None where it pays or VNNI is there."""
+    """One line where INT8 barely pays on a CPU without VNNI; None where it pays or VNNI is there."""
     cpu = cpu or int8_support()
     speedup = fp32_ms / int8_ms
-    if not cpu.saturates or speedup >= PAYS:
+    if not cpu.saturates or speedup >= INT8_PAYS_AT:
         return None
-    return (f"this CPU has no VNNI: INT8 runs {speedup:.2f}x fp32 on {runtime} here; it still makes the file "
+    why = "this CPU has no VNNI" if cpu.known else "this CPU is not recognised, and may have no VNNI"
+    return (f"{why}: INT8 runs {speedup:.2f}x fp32 on {runtime} here; it still makes the file "
             f"{fp32_mb / int8_mb:.1f}x smaller")

@@ -59,7 +59,7 @@ def quantization_aware_training(model: ResNet, data: str, out: str | Path, backe
     """Fine-tune ``model`` with fake quantization on ``data``'s train split; write its INT8 file ``out``
     laid out for ``target``'s CPUs (``int8_target``), for ``backend`` ("auto": ``int8_backend``'s choice)."""
     out = Path(out)
-    backend = int8_backend(backend)
+    backend = int8_backend(backend, target=target)
     check_backend(backend, out, model)
     layout = int8_layout(backend, target)
     if epochs < 1 or batch_size < 1:

@@ -2,19 +2,20 @@
 
 Each backend quantizes with its own runtime's tool, so that the runtime recognises every pattern:
 
-- ``onnxruntime`` (the default): the model is exported to ONNX, its batch norms folded into the
-  convolutions and Conv+ReLU fused (``quant_pre_process``); ONNX Runtime's ``quantize_static`` gives
-  every convolution and the classifier INT8 weights, one scale per output channel, and INT8
-  activations with ranges measured on the calibration images. The residual additions run on the
-  dequantised values between quantize/dequantize pairs (QDQ format), which ONNX Runtime fuses into
-  integer kernels.
-- ``openvino``: NNCF, OpenVINO's quantization tool, quantizes the same fp32 ONNX graph (per-channel
-  weights, the quantize/dequantize pairs where OpenVINO's CPU plugin fuses them) into a QDQ ``.onnx``
-  whose metadata names OpenVINO as its runtime: one file like the others, not an IR .xml/.bin pair,
-  and ``load_deployed`` hands it to OpenVINO, which runs the pairs as its INT8 kernels. Activation
-  ranges are the calibration images' min and max, without bias correction: NNCF's defaults (averaged
-  per-batch ranges, fast bias correction) kept 86% and 96% of the predictions of the test suite's
-  two CIFAR-10 classifiers (300 real test images), min-max without correction 99% of both.
+- ``onnxruntime`` (``int8_backend``'s choice on CPUs with VNNI): the model is exported to ONNX, its
+  batch norms folded into the convolutions and Conv+ReLU fused (``quant_pre_process``); ONNX
+  Runtime's ``quantize_static`` gives every convolution and the classifier INT8 weights, one scale
+  per output channel, and INT8 activations with ranges measured on the calibration images. The
+  residual additions run on the dequantised values between quantize/dequantize pairs (QDQ format),
+  which ONNX Runtime fuses into integer kernels.
+- ``openvino`` (its choice on CPUs without VNNI): NNCF, OpenVINO's quantization tool, quantizes the
+  same fp32 ONNX graph (per-channel weights, the quantize/dequantize pairs where OpenVINO's CPU
+  plugin fuses them) into a QDQ ``.onnx`` whose metadata names OpenVINO as its runtime: one file like
+  the others, not an IR .xml/.bin pair, and ``load_deployed`` hands it to OpenVINO, which runs the
+  pairs as its INT8 kernels. Activation ranges are the calibration images' min and max, without bias
+  correction: NNCF's defaults (averaged per-batch ranges, fast bias correction) kept 86% and 96% of
+  the predictions of the test suite's two CIFAR-10 classifiers (300 real test images), min-max
+  without correction 99% of both.
 - ``x86``: PyTorch's own INT8 kernels (FBGEMM/oneDNN), through FX graph mode: ``prepare_fx`` with the
   x86 mapping fuses Conv+BN+ReLU, observes weights per channel and activations with histograms;
   ``convert_fx`` turns each residual addition and its ReLU into one quantized ``add_relu``. Saved as
@@ -45,8 +46,7 @@ from ..image_input import check_reads_image_files, normalize, read_crop
 from ..models import ResNet
 from ..models.weights import model_metadata
 from ..predict import image_paths
-from ..bench.hardware import Int8Support, int8_support
-from .int8_target import Int8Layout, int8_layout
+from .int8_target import Int8Layout, int8_layout, resolve_target
 
 logger = logging.getLogger("resnetlab")
 BACKENDS = {"onnxruntime": ".onnx", "openvino": ".onnx", "x86": ".pt"}  # each backend's file
@@ -85,22 +85,22 @@ def calibration_paths(folder: str | Path, limit: int) -> list[Path]:
     return [paths[index] for index in torch.linspace(0, len(paths) - 1, min(limit, len(paths))).round().long()]
 
 
-def int8_backend(backend: str, method: str | None = None, cpu: Int8Support | None = None) -> str:
-    """``backend``, or for "auto" the fastest INT8 runtime installed for this kind of CPU: OpenVINO where
-    there is no VNNI (BENCHMARKS.md, Zen 3: resnet50 INT8 2.8x OpenVINO's fp32, where ONNX Runtime's INT8
-    with sums that cannot clip ran 1.0-1.3x its own), ONNX Runtime elsewhere (about 3x with VNNI).
-    A range ``method`` is ONNX Runtime's alone, so "auto" with one is ONNX Runtime."""
+def int8_backend(backend: str, method: str | None = None, target: str = "auto") -> str:
+    """``backend``, or for "auto" the fastest INT8 runtime installed for the ``target`` CPUs
+    (``int8_target.resolve_target``): OpenVINO for CPUs without VNNI, where resnet50's INT8 took 43 ms
+    on OpenVINO and 80 on ONNX Runtime (BENCHMARKS.md, Zen 3: 2.2x and 2.1x their fp32); ONNX Runtime
+    for CPUs with VNNI (Zen 4: 3.4x its fp32, OpenVINO 3.6x). A range ``method`` is ONNX Runtime's
+    alone, so "auto" with one is ONNX Runtime."""
     if backend != "auto":
         return backend
-    cpu = cpu or int8_support()
     openvino = all(importlib.util.find_spec(module) is not None for module in REQUIRES["openvino"])
-    return "openvino" if cpu.saturates and openvino and method is None else "onnxruntime"
+    return "openvino" if resolve_target(target) == "no-vnni" and openvino and method is None else "onnxruntime"
 
 
 def check_backend(backend: str, out: Path, model: ResNet | None = None) -> None:
     """Before any work: the backend is known and installed, ``out`` is its kind of file, the model fits it."""
     if backend not in BACKENDS:
-        raise ConfigError(f"unknown quantization backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown quantization backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
     missing = [module for module in REQUIRES[backend] if importlib.util.find_spec(module) is None]
     if missing:
         raise ConfigError(f"--backend {backend} needs {', '.join(missing)}: pip install {' '.join(missing)} "
@@ -131,7 +131,7 @@ def quantize_model(model: ResNet, calibration: list[torch.Tensor], out: str | Pa
     ``int8_backend``'s choice for this CPU.
     """
     out = Path(out)
-    backend = int8_backend(backend, method)
+    backend = int8_backend(backend, method, target)
     check_backend(backend, out, model)
     if method is not None and backend != "onnxruntime":
         raise ConfigError(f"--calibration chooses ONNX Runtime's range method; --backend {backend} calibrates "
