@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # The tests read at most the first 1,000 training and 200 test images of each CIFAR-10 class;
@@ -19,6 +21,82 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # training runs they start, instead of four threads fighting over two cores.
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
+
+# `make test` hands work to its two workers in this order, then in collection order: the longest
+# modules first, so that the run ends on short tests and no long one is left to run alone. The first
+# two are what the workers start with: one trains the shared classifier (test_quantize's first use),
+# while the other pretrains a model of its own (test_transfer) instead of waiting for it.
+# Seconds measured on the Zen 3 host with other jobs running (one worker's share of each module).
+LONGEST_FIRST = (
+    "test_transfer.py",  # 515
+    "test_quantize.py",  # 320, and the classifier: 100
+    "test_training.py",  # 320
+    "test_serve.py",  # 200
+    "test_distill.py",  # 240, two tests of 110
+    "test_training_reliability.py",  # 270, three tests of 40-110
+    "test_prune.py",  # 500 in 40 tests
+    "test_demo.py",  # 75
+    "test_optimize.py",  # 180 in 45 tests
+    "test_features.py",  # 105 in 70 tests
+    "test_detection.py",  # 50
+    "test_cli.py",  # 60
+    "test_compress.py",  # 50
+    "test_bench.py",  # 50
+    "test_serve_fuzz.py",  # 45
+)
+
+
+def pytest_configure(config):
+    if config.getoption("dist", None) == "loadgroup":
+        # xdist re-sorts the work by the number of tests in each group, which would start both
+        # workers on the two largest groups, both waiting for the classifier: keep LONGEST_FIRST's order.
+        config.option.loadscopereorder = False
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Tag each ``xdist_group`` test's id with its group, as ``--dist loadgroup`` schedules by, and
+    order the work LONGEST_FIRST.
+
+    pytest-xdist 3.8 tags by assigning ``item._nodeid``, which pytest 9.2's nodes no longer read
+    (they keep a structured ``_id``): its groups were silently ignored, and every module fixture
+    of a grouped file ran on both workers (the transfer pretraining twice, 500 s each).
+    """
+    if not getattr(config.option, "loadgroup", False):  # set on xdist workers under --dist loadgroup
+        return
+    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: collection order otherwise
+    for item in items:
+        names = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                        for mark in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(names)
+        if not names or item.nodeid.endswith(suffix):  # ungrouped, or xdist's own tag took
+            continue
+        if hasattr(item, "_id"):
+            item._id = type(item._id).parse(item.nodeid + suffix)
+        else:
+            item._nodeid = item.nodeid + suffix
+
+
+def made_once(tmp_path_factory, name: str, make: Callable[[Path], object]) -> Path:
+    """``make(folder)`` run once per test session, its folder shared by every xdist worker.
+
+    Workers share the parent of their base temporary folder; the first to get here makes the
+    folder while the others wait on the lock, then all read it. Without xdist: a folder of its own.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, done = shared / name, shared / f"{name}.done"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            folder.mkdir(exist_ok=True)  # a worker that failed half-way leaves it behind
+            make(folder)
+            done.touch()
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -63,14 +141,15 @@ def _first_cifar_images(member: tarfile.TarInfo) -> bool:
 def cifar10_root(tmp_path_factory) -> Path:
     """``cifar10/{train,test}/<class>/NNNN.jpg``: the first real CIFAR-10 images of each class."""
     archive = _shared_archive("cifar10-jpeg.tar.gz")
-    return _extract(archive, tmp_path_factory.mktemp("cifar10"), _first_cifar_images) / "cifar10"
+    folder = made_once(tmp_path_factory, "cifar10", lambda into: _extract(archive, into, _first_cifar_images))
+    return folder / "cifar10"
 
 
 @pytest.fixture(scope="session")
 def hymenoptera_root(tmp_path_factory) -> Path:
     """``hymenoptera_data/{train,val}/{ants,bees}/*.jpg``: real photos of many sizes."""
     archive = _shared_archive("hymenoptera.tar.gz")
-    return _extract(archive, tmp_path_factory.mktemp("hymenoptera")) / "hymenoptera_data"
+    return made_once(tmp_path_factory, "hymenoptera", lambda into: _extract(archive, into)) / "hymenoptera_data"
 
 
 # A quickly trained CIFAR-10 classifier for the tests that need a model that has learned something
@@ -85,8 +164,14 @@ CLASSIFIER_LR = 0.1  # per batch of 128, decayed linearly to 0
 def cifar_classifier(cifar10_root, tmp_path_factory) -> Path:
     """A cifar_resnet20 trained for about half a minute on real CIFAR-10, saved by save_weights.
 
-    About 40% test accuracy: far from a good model, far from chance (10%).
+    About 40% test accuracy: far from a good model, far from chance (10%). Trained once per
+    session: under xdist the other worker waits for it instead of training its own copy.
     """
+    folder = made_once(tmp_path_factory, "classifier", lambda into: _train_classifier(cifar10_root, into))
+    return folder / "cifar_resnet20.safetensors"
+
+
+def _train_classifier(cifar10_root: Path, into: Path) -> Path:
     import torch.nn.functional as F
 
     from resnetlab import create_model, save_weights
@@ -121,5 +206,4 @@ def cifar_classifier(cifar10_root, tmp_path_factory) -> Path:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    path = tmp_path_factory.mktemp("classifier") / "cifar_resnet20.safetensors"
-    return save_weights(model.eval(), path, class_names=class_names)
+    return save_weights(model.eval(), into / "cifar_resnet20.safetensors", class_names=class_names)

@@ -13,7 +13,6 @@ from resnetlab.errors import ConfigError
 from resnetlab.models import load_model
 from subsets import cifar_subset
 
-pytestmark = pytest.mark.xdist_group("compress")
 QUICK = ChainSettings(epochs=1, batch_size=32, calib_images=64, lr=0.02)
 
 

@@ -13,9 +13,6 @@ from resnetlab.image_input import normalize, read_crop
 # Measured: 0.56 of the heatmap lies on the quarter of the canvas holding the image (chance 0.25).
 MIN_MASS_ON_OBJECT = 0.40
 
-# Under pytest-xdist, keep every user of the trained classifier on one worker: it trains once.
-pytestmark = pytest.mark.xdist_group("cifar_classifier")
-
 
 @pytest.fixture(scope="module")
 def model(cifar_classifier):

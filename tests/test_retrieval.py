@@ -18,9 +18,6 @@ TEST_PER_CLASS = 100  # 1,000 real test images, none seen in training
 MIN_PRECISION_AT_10 = 0.25
 MIN_GAIN_OVER_UNTRAINED = 0.08
 
-# Under pytest-xdist, keep every user of the trained classifier on one worker: it trains once.
-pytestmark = pytest.mark.xdist_group("cifar_classifier")
-
 
 @pytest.fixture(scope="module")
 def test_images(cifar10_root):

@@ -25,7 +25,7 @@ from resnetlab.image_input import normalize, read_crop
 from resnetlab.retrieval import embed
 from resnetlab.serve.process import ServiceProcess
 
-pytestmark = pytest.mark.xdist_group("cifar_classifier")  # the trained classifier is made once per worker
+pytestmark = pytest.mark.xdist_group("serve")  # the module's service starts on one worker only
 
 # A small service so the limits are quick to reach: 1 MiB bodies, 8 images, 1 megapixel, 3 s stalls.
 LIMITS = ("--max-body-mb", "1", "--max-images", "8", "--max-pixels", "1000000", "--request-timeout", "3")

@@ -13,7 +13,7 @@ from schemathesis.checks import positive_data_acceptance
 
 from resnetlab.serve.process import ServiceProcess
 
-pytestmark = pytest.mark.xdist_group("cifar_classifier")
+pytestmark = pytest.mark.xdist_group("serve_fuzz")  # the module's service starts on one worker only
 
 EXAMPLES_PER_OPERATION = 60
 OPERATIONS = [("/predict", "POST"), ("/embed", "POST"), ("/health", "GET"), ("/metadata", "GET"), ("/metrics", "GET")]

@@ -9,7 +9,7 @@ import pytest
 
 from resnetlab.serve.process import ServiceProcess
 
-pytestmark = pytest.mark.xdist_group("cifar_classifier")
+pytestmark = pytest.mark.xdist_group("serve_page")  # the module's browser and service start on one worker only
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Chromium as root in a sandbox-less container, with no calls home (this machine has no network).
