@@ -128,8 +128,7 @@ def has_native_bf16(cpuinfo: Path = CPUINFO) -> bool:
         text = cpuinfo.read_text()
     except OSError:
         return False
-    flags = set(re.search(r"^flags\s*:(.*)$", text, re.MULTILINE).group(1).split()) if "flags" in text else set()
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return bool((_cpu_flags(text) or set()) & {"avx512_bf16", "amx_bf16"})
 
 
 INT8_DOT_PRODUCTS = {"amx_int8": "AMX", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI"}  # best first
@@ -145,15 +144,17 @@ class Int8Support:
     known: bool = True  # False: nothing told what the CPU is (no /proc/cpuinfo, say)
 
 
+ARM_INT8 = Int8Support(None, False, "Arm CPU: its INT8 kernels add into 32 bits and cannot clip")
+
+
 def parse_int8_support(cpuinfo: str) -> Int8Support:
     """The INT8 dot products of the CPU ``cpuinfo`` (``/proc/cpuinfo``'s text) describes."""
-    flags_line = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
-    if flags_line is None:
+    flags = _cpu_flags(cpuinfo)
+    if flags is None:
         if re.search(r"^(Features|CPU implementer)\s*:", cpuinfo, re.MULTILINE):  # an Arm CPU
-            return Int8Support(None, False, "Arm CPU: its INT8 kernels add into 32 bits and cannot clip")
+            return ARM_INT8
         return Int8Support(None, True, "CPU not recognised: INT8 laid out as for x86 without VNNI, "
                                        "which runs correctly on every CPU", known=False)
-    flags = set(flags_line.group(1).split())
     found = next((name for flag, name in INT8_DOT_PRODUCTS.items() if flag in flags), None)
     if found:
         return Int8Support(found, False, f"this CPU has {found}: INT8 sums cannot clip")
@@ -167,9 +168,15 @@ def int8_support(cpuinfo: Path = CPUINFO) -> Int8Support:
         text = cpuinfo.read_text()
     except OSError:
         if platform.machine().lower() in ("arm64", "aarch64"):
-            return Int8Support(None, False, "Arm CPU: its INT8 kernels add into 32 bits and cannot clip")
+            return ARM_INT8
         text = ""
     return parse_int8_support(text)
+
+
+def _cpu_flags(cpuinfo: str) -> set[str] | None:
+    """The x86 feature flags of /proc/cpuinfo's first processor; None where it lists none (Arm, or no text)."""
+    line = re.search(r"^flags\s*:(.*)$", cpuinfo, re.MULTILINE)
+    return None if line is None else set(line.group(1).split())
 
 
 def _fields(block: str) -> dict[str, str]:

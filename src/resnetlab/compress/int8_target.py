@@ -5,7 +5,8 @@ Without VNNI, a uint8 activation times an int8 weight, twice, summed in 16 bits,
 255 x 127 x 2 = 64,770 and clips at 32,767; with 7-bit weights it stays at or under
 255 x 64 x 2 = 32,640. On a Zen 3 host (AVX2, no VNNI), ONNX Runtime's file with 8-bit weights
 kept 89% of fp32's predictions as run, 96% with its arithmetic done in float; with 7-bit weights,
-96% both ways (BENCHMARKS.md, "INT8 on a CPU without VNNI"). ONNX Runtime calls this ``reduce_range``, NNCF its overflow fix.
+96% both ways (BENCHMARKS.md, "INT8 on a CPU without VNNI"). ONNX Runtime calls this
+``reduce_range``, NNCF its overflow fix.
 
 ``target``: "vnni" (8-bit weights; run on CPUs with AVX-512 VNNI, AVX-VNNI or AMX, or on Arm),
 "no-vnni" (7-bit weights; correct on every CPU, a little coarser), or "auto": this CPU's kind, so a
