@@ -26,14 +26,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # `make test` hands work to its two workers in this order, then in collection order: the longest
 # modules first, so that the run ends on short tests and no long one is left to run alone. The first
 # two are what the workers start with: one trains the shared classifier (test_quantize's first use),
-# while the other pretrains a model of its own (test_transfer) instead of waiting for it.
-# Seconds measured on the Zen 3 host with other jobs running (one worker's share of each module).
+# while the other trains conftest's source_run (test_training, then test_transfer) instead of waiting for it.
+# Seconds measured on the Zen 3 host (one worker's share of each module).
 LONGEST_FIRST = (
-    "test_transfer.py",  # 515
-    "test_quantize.py",  # 320, and the classifier: 100
-    "test_training.py",  # 320
+    "test_quantize.py",  # 320, and the classifier: 70
+    "test_training.py",  # with test_transfer: 170, of which the source run: 100
+    "test_transfer.py",
     "test_serve.py",  # 200
-    "test_distill.py",  # 240, two tests of 110
+    "test_distill.py",  # 80
     "test_training_reliability.py",  # 270, three tests of 40-110
     "test_prune.py",  # 500 in 40 tests
     "test_demo.py",  # 75
@@ -150,6 +150,31 @@ def hymenoptera_root(tmp_path_factory) -> Path:
     """``hymenoptera_data/{train,val}/{ants,bees}/*.jpg``: real photos of many sizes."""
     archive = _shared_archive("hymenoptera.tar.gz")
     return made_once(tmp_path_factory, "hymenoptera", lambda into: _extract(archive, into)) / "hymenoptera_data"
+
+
+@pytest.fixture(scope="session")
+def source_half(cifar10_root, tmp_path_factory) -> Path:
+    """5,000 real training images (1,000 a class) and 500 test images of the SOURCE_CLASSES."""
+    from subsets import SOURCE_CLASSES, cifar_subset
+
+    return cifar_subset(cifar10_root, tmp_path_factory.mktemp("source_half"), 1000, 100, SOURCE_CLASSES)
+
+
+@pytest.fixture(scope="session")
+def source_run(source_half, tmp_path_factory):
+    """(config, result) of cifar_resnet20 trained by the engine for 3 epochs on ``source_half``:
+    about 53% top-1 on its 500 test images, where chance is 20%.
+
+    test_training checks this run and test_transfer fine-tunes it on the other half of the classes:
+    one training for both, as the two modules share the xdist group "source_run"."""
+    from resnetlab.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
+    from resnetlab.engine.trainer import train
+
+    config = TrainConfig(
+        model=ModelConfig(name="cifar_resnet20"), data=DataConfig(data=str(source_half), batch_size=32),
+        optim=OptimConfig(lr=0.05, weight_decay=5e-4), schedule=ScheduleConfig(name="cosine", warmup=0.5),
+        epochs=3, seed=0, out=str(tmp_path_factory.mktemp("runs") / "source_half"))
+    return config, train(config)
 
 
 # A quickly trained CIFAR-10 classifier for the tests that need a model that has learned something

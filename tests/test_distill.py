@@ -44,9 +44,9 @@ def test_the_soft_loss_pulls_the_student_towards_the_teacher():
 
 
 @pytest.fixture(scope="module")
-def cifar_1k(cifar10_root, tmp_path_factory):
-    """1,000 real training images (100 a class) and 1,000 test images."""
-    return cifar_subset(cifar10_root, tmp_path_factory.mktemp("cifar1k"), train_per_class=100, test_per_class=100)
+def cifar_500(cifar10_root, tmp_path_factory):
+    """500 real training images (50 a class) and 1,000 test images."""
+    return cifar_subset(cifar10_root, tmp_path_factory.mktemp("cifar500"), train_per_class=50, test_per_class=100)
 
 
 STUDENT_EPOCHS = 4
@@ -61,24 +61,25 @@ def student_run(data, out, teacher=None, seed=0) -> float:
     return train(config).final_top1
 
 
-def test_a_student_with_a_teacher_beats_the_same_student_alone(cifar_classifier, cifar_1k, tmp_path):
-    # The teacher (the conftest classifier) learnt from 4,000 images; the students see 1,000.
-    # A student alone after 4 epochs on 1,000 images swings by seed (0.257 and 0.342 on the Zen 3
-    # host): KD must win on each seed, and by 3 points on average over the two.
+def test_a_student_with_a_teacher_beats_the_same_student_alone(cifar_classifier, cifar_500, tmp_path):
+    # The teacher (the conftest classifier) learnt from 4,000 images; the students see 500.
+    # A student alone after 4 epochs on 500 images swings by seed (0.227-0.263 over four seeds on
+    # the Zen 3 host): KD must win on each seed, and by 3 points on average over the two.
     leads = []
     for seed in (0, 1):
-        with_teacher = student_run(cifar_1k, tmp_path / f"kd{seed}", cifar_classifier, seed)
-        alone = student_run(cifar_1k, tmp_path / f"alone{seed}", None, seed)
+        with_teacher = student_run(cifar_500, tmp_path / f"kd{seed}", cifar_classifier, seed)
+        alone = student_run(cifar_500, tmp_path / f"alone{seed}", None, seed)
         leads.append(with_teacher - alone)
-    # Measured: 0.381 vs 0.257 (seed 0), 0.367 vs 0.342 (seed 1) on the 1,000 test images.
+    # Measured: 0.336 vs 0.237 (seed 0), 0.315 vs 0.245 (seed 1) on the 1,000 test images; seeds 2
+    # and 3 led by 0.081 and 0.038.
     assert min(leads) > 0 and sum(leads) / len(leads) >= 0.03, leads
 
 
-def test_distill_command_records_the_teacher_and_refuses_a_mismatched_one(cifar_classifier, cifar_1k, tmp_path,
+def test_distill_command_records_the_teacher_and_refuses_a_mismatched_one(cifar_classifier, cifar_500, tmp_path,
                                                                           capsys):
     out = tmp_path / "student"
     assert main(["distill", "--teacher", str(cifar_classifier), "--student", "cifar_resnet20", "--data",
-                 str(cifar_1k), "--epochs", "1", "--max-per-class", "10", "--batch-size", "20",
+                 str(cifar_500), "--epochs", "1", "--max-per-class", "10", "--batch-size", "20",
                  "--alpha", "0.9", "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["distill"] == {"teacher": str(cifar_classifier), "alpha": 0.9, "temperature": 4.0}
@@ -86,7 +87,7 @@ def test_distill_command_records_the_teacher_and_refuses_a_mismatched_one(cifar_
 
     five_classes = create_model("cifar_resnet20", num_classes=5)
     other = save_weights(five_classes, tmp_path / "five.safetensors", class_names=list("abcde"))
-    assert main(["distill", "--teacher", str(other), "--data", str(cifar_1k), "--out", str(tmp_path / "x")]) == 2
+    assert main(["distill", "--teacher", str(other), "--data", str(cifar_500), "--out", str(tmp_path / "x")]) == 2
     assert "distillation needs the same classes in the same order" in capsys.readouterr().err
-    assert main(["distill", "--data", str(cifar_1k), "--out", str(tmp_path / "y")]) == 2
+    assert main(["distill", "--data", str(cifar_500), "--out", str(tmp_path / "y")]) == 2
     assert "resnetlab distill needs a teacher" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,44 +9,26 @@ import yaml
 
 from resnetlab import create_model, load_model
 from resnetlab.cli import main
-from resnetlab.config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig, config_from_dict
+from resnetlab.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict
 from resnetlab.deployed import load_deployed
 from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.engine.trainer import train
-from subsets import cifar_subset
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# One worker trains the shared run once (under pytest-xdist a module fixture runs per worker).
-pytestmark = pytest.mark.xdist_group("cifar_5k")
+# conftest's source_run: trained once, on the worker that also fine-tunes it in test_transfer.
+pytestmark = pytest.mark.xdist_group("source_run")
+SOURCE_NAMES = ["airplane", "bird", "cat", "frog", "ship"]
 
 
-@pytest.fixture(scope="module")
-def cifar_5k(cifar10_root, tmp_path_factory) -> Path:
-    """5,000 real training images (500 a class) and 1,000 held-out test images (100 a class)."""
-    return cifar_subset(cifar10_root, tmp_path_factory.mktemp("cifar5k"), train_per_class=500, test_per_class=100)
+def test_cifar_resnet20_learns_real_cifar10_well_above_chance(source_run):
+    _, result = source_run
+    assert result.data.num_train == 5000 and result.data.num_val == 500
+    # Chance is 20%; these 3 epochs on 5,000 images of five classes reached 53% on the Zen 3 host.
+    assert result.best_top1 >= 0.45
 
 
-@pytest.fixture(scope="module")
-def trained_run(cifar_5k, tmp_path_factory):
-    config = TrainConfig(
-        model=ModelConfig(name="cifar_resnet20"),
-        data=DataConfig(data=str(cifar_5k), batch_size=32),
-        optim=OptimConfig(lr=0.05, weight_decay=5e-4),
-        schedule=ScheduleConfig(name="cosine", warmup=0.5),
-        epochs=4, seed=0, out=str(tmp_path_factory.mktemp("runs") / "cifar5k"),
-    )
-    return config, train(config)
-
-
-def test_cifar_resnet20_learns_real_cifar10_well_above_chance(trained_run):
-    _, result = trained_run
-    assert result.data.num_train == 5000 and result.data.num_val == 1000
-    # Chance is 10%; these 4 epochs on 5,000 images reached 45% here (BENCHMARKS.md).
-    assert result.best_top1 >= 0.38
-
-
-def test_a_run_leaves_its_config_manifest_metrics_and_curves(trained_run):
-    config, result = trained_run
+def test_a_run_leaves_its_config_manifest_metrics_and_curves(source_run):
+    config, result = source_run
     run_dir = result.run_dir
     reloaded = config_from_dict(yaml.safe_load((run_dir / "config.yaml").read_text()))
     assert reloaded == config  # so `--recipe RUN_DIR/config.yaml` re-runs it
@@ -60,38 +41,37 @@ def test_a_run_leaves_its_config_manifest_metrics_and_curves(trained_run):
     assert manifest["config"]["model"]["name"] == "cifar_resnet20"
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in records] == [0, 1, 2]
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     assert max(r["val_top1"] for r in records) == pytest.approx(result.best_top1)
     assert (run_dir / "curves.png").read_bytes().startswith(PNG_SIGNATURE)
     assert any((run_dir / "tensorboard").glob("events.out.tfevents.*"))
 
     best = load_model(run_dir / "best.safetensors")
-    assert best.class_names == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
-                                "ship", "truck"]
+    assert best.class_names == SOURCE_NAMES
 
 
-def test_eval_command_agrees_with_training_and_writes_the_confusion_matrix(trained_run, cifar_5k, tmp_path,
+def test_eval_command_agrees_with_training_and_writes_the_confusion_matrix(source_run, source_half, tmp_path,
                                                                           capsys):
-    _, result = trained_run
-    code = main(["eval", "--checkpoint", str(result.run_dir / "best.safetensors"), "--data", str(cifar_5k),
+    _, result = source_run
+    code = main(["eval", "--checkpoint", str(result.run_dir / "best.safetensors"), "--data", str(source_half),
                  "--out", str(tmp_path), "--json"])
     assert code == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics["images"] == 1000
+    assert metrics["images"] == 500
     assert metrics["top1"] == pytest.approx(result.best_top1)
     assert 0 < metrics["top1"] <= metrics["top5"] <= 1
     rows = (tmp_path / "confusion.csv").read_text().splitlines()
-    assert rows[0].split(",")[1:] == list(result.data.class_names) and len(rows) == 11
+    assert rows[0].split(",")[1:] == list(result.data.class_names) == SOURCE_NAMES and len(rows) == 6
     counts = [[int(v) for v in row.split(",")[1:]] for row in rows[1:]]
-    assert [sum(row) for row in counts] == [100] * 10
-    assert sum(counts[i][i] for i in range(10)) == round(metrics["top1"] * 1000)
+    assert [sum(row) for row in counts] == [100] * 5
+    assert sum(counts[i][i] for i in range(5)) == round(metrics["top1"] * 500)
     assert (tmp_path / "confusion.png").read_bytes().startswith(PNG_SIGNATURE)
 
 
-def test_predict_gives_ranked_labels_and_skips_unreadable_files(trained_run, cifar_5k, tmp_path, capsys):
-    _, result = trained_run
-    images = sorted((cifar_5k / "test" / "ship").iterdir())[:3]
+def test_predict_gives_ranked_labels_and_skips_unreadable_files(source_run, source_half, tmp_path, capsys):
+    _, result = source_run
+    images = sorted((source_half / "test" / "ship").iterdir())[:3]
     fake = tmp_path / "notes.jpg"
     fake.write_text("not an image")
     code = main(["predict", "--checkpoint", str(result.run_dir / "best.safetensors"), "--json", "-k", "3",
@@ -113,8 +93,8 @@ def test_predict_gives_ranked_labels_and_skips_unreadable_files(trained_run, cif
     assert predictions[0]["top"][0]["label"] == model.class_names[logits.argmax().item()]
 
 
-def test_training_refuses_to_overwrite_a_run(trained_run):
-    config, _ = trained_run
+def test_training_refuses_to_overwrite_a_run(source_run):
+    config, _ = source_run
     with pytest.raises(Exception, match="already holds a run; continue it with --resume"):
         train(config)
 

@@ -37,18 +37,16 @@ def cifar_small(cifar10_root, tmp_path_factory) -> Path:
     return cifar_subset(cifar10_root, tmp_path_factory.mktemp("cifar1k"), train_per_class=100, test_per_class=20)
 
 
-def cli_train(*args: str, timeout: float = 300, env: dict | None = None, background: bool = False):
+def start_training(*args: str) -> subprocess.Popen:
+    """``resnetlab train *args`` in a process of its own, to be killed."""
     command = [sys.executable, "-m", "resnetlab", "train", *args]
-    environment = {**os.environ, **(env or {})}
-    if background:
-        return subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=timeout)
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def kill_9_after_the_first_checkpoint(*args: str, run_dir: Path, seconds_after: float = 0.5) -> int:
     """Start ``train *args --out run_dir`` and kill -9 it ``seconds_after`` its first checkpoint, while
     the next epoch runs. Returns the last epoch the checkpoint holds."""
-    killed = cli_train(*args, "--out", str(run_dir), background=True)
+    killed = start_training(*args, "--out", str(run_dir))
     metrics, state = run_dir / "metrics.jsonl", run_dir / "last.pt"
     deadline = time.monotonic() + 240
     while not (metrics.exists() and metrics.read_text().count("\n") >= 1 and state.exists()) \
@@ -69,44 +67,46 @@ def assert_same_final_weights(run_dir: Path, other_dir: Path, epochs: int) -> No
         assert torch.equal(value, other["model"][key]), key
 
 
-def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(cifar_small, tmp_path):
+def test_kill_9_mid_epoch_then_resume_ends_with_the_weights_of_an_uninterrupted_run(cifar_small, tmp_path, caplog):
+    # 4 steps of 50 images an epoch: the kill lands in the second or a later epoch, never after the last.
     common = ["--model", "cifar_resnet20", "--data", str(cifar_small), "--epochs", "4", "--batch-size", "50",
-              "--max-per-class", "40", "--deterministic", "--seed", "3"]
-    reference = cli_train(*common, "--out", str(tmp_path / "whole"))
-    assert reference.returncode == 0, reference.stderr
+              "--max-per-class", "20", "--deterministic", "--seed", "3"]
+    # Only the killed run needs a process of its own; the uninterrupted one and the resume run here.
+    assert main(["train", *common, "--out", str(tmp_path / "whole")]) == 0
 
     done_before_kill = kill_9_after_the_first_checkpoint(*common, run_dir=tmp_path / "killed")
     assert done_before_kill < 3, "the run finished before it could be killed"
 
-    resumed = cli_train("--resume", str(tmp_path / "killed"))
-    assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming {tmp_path / 'killed'} after epoch {done_before_kill + 1}" in resumed.stderr
+    with caplog.at_level("INFO", logger="resnetlab"):
+        assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
+    assert f"resuming {tmp_path / 'killed'} after epoch {done_before_kill + 1}" in caplog.text
 
     assert_same_final_weights(tmp_path / "whole", tmp_path / "killed", epochs=4)
     metrics = tmp_path / "killed" / "metrics.jsonl"
     epochs_logged = [json.loads(line)["epoch"] for line in metrics.read_text().splitlines()]
     assert epochs_logged == [0, 1, 2, 3]
 
-    finished = cli_train("--resume", str(tmp_path / "whole"))
-    assert finished.returncode == 0 and "the run has already finished its 4 epochs; give --epochs N" in finished.stderr
+    caplog.clear()
+    with caplog.at_level("INFO", logger="resnetlab"):
+        assert main(["train", "--resume", str(tmp_path / "whole")]) == 0
+    assert "the run has already finished its 4 epochs; give --epochs N" in caplog.text
 
 
 def test_kill_9_of_a_run_with_workers_on_photos_then_resume_ends_with_the_weights_of_an_uninterrupted_run(
-        hymenoptera_root, tmp_path):
+        hymenoptera_root, tmp_path, caplog):
     # Photos decoded per item by 2 persistent workers, drawing every kind of random augmentation:
     # the workers' RNG states, which the kill loses, used to decide them.
     common = ["--model", "cifar_resnet20", "--data", str(hymenoptera_root), "--epochs", "3", "--batch-size", "8",
               "--max-per-class", "16", "--input-size", "32", "--augment", "imagenet", "--auto-augment", "randaugment",
               "--mixup", "0.2", "--cutmix", "1.0", "--workers", "2", "--deterministic", "--seed", "3"]
-    reference = cli_train(*common, "--out", str(tmp_path / "whole"))
-    assert reference.returncode == 0, reference.stderr
-    assert "decoded per item, imagenet augmentation" in reference.stderr
+    with caplog.at_level("INFO", logger="resnetlab"):
+        assert main(["train", *common, "--out", str(tmp_path / "whole")]) == 0
+    assert "decoded per item, imagenet augmentation" in caplog.text
 
     # Soon after: its short epochs (4 steps) would otherwise finish first on a fast machine.
     done_before_kill = kill_9_after_the_first_checkpoint(*common, run_dir=tmp_path / "killed", seconds_after=0.2)
     assert done_before_kill < 2, "the run finished before it could be killed"
-    resumed = cli_train("--resume", str(tmp_path / "killed"))
-    assert resumed.returncode == 0, resumed.stderr
+    assert main(["train", "--resume", str(tmp_path / "killed")]) == 0
 
     assert_same_final_weights(tmp_path / "whole", tmp_path / "killed", epochs=3)
 
@@ -286,11 +286,10 @@ def test_a_missing_recipe_lists_the_shipped_ones(tmp_path, capsys):
     assert code == 2 and "does not exist" in err and ", ".join(RECIPES) in err
 
 
-def test_torchrun_with_two_processes_follows_the_single_process_loss_curve(cifar_small, tmp_path):
+def test_torchrun_with_two_processes_follows_the_single_process_loss_curve(cifar_small, tmp_path, capsys):
     common = ["--model", "cifar_resnet20", "--data", str(cifar_small), "--epochs", "2", "--seed", "0",
-              "--augment", "none", "--workers", "0"]
-    single = cli_train(*common, "--batch-size", "50", "--out", str(tmp_path / "single"))
-    assert single.returncode == 0, single.stderr
+              "--augment", "none", "--workers", "0", "--max-per-class", "50"]
+    assert main(["train", *common, "--batch-size", "50", "--out", str(tmp_path / "single")]) == 0
     pair = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "resnetlab",
          "train", *common, "--batch-size", "25", "--out", str(tmp_path / "pair")],
@@ -306,13 +305,14 @@ def test_torchrun_with_two_processes_follows_the_single_process_loss_curve(cifar
     saved, _ = evaluate_model(load_deployed(tmp_path / "pair" / "last.safetensors"), str(cifar_small))
     assert saved.loss == pytest.approx(pair_curve[-1]["val_loss"], rel=1e-4)
     # Resumed by one process, each step would hold half the images: the run would end early.
-    alone = cli_train("--resume", str(tmp_path / "pair"), "--epochs", "3")
-    assert alone.returncode == 2 and "global batch of 50 images a step, and this resume has 25" in alone.stderr
-    alone = cli_train("--resume", str(tmp_path / "pair"), "--epochs", "3", "--batch-size", "50")
-    assert alone.returncode == 0 and "epoch 3/3" in alone.stderr  # the same global batch in one process
+    capsys.readouterr()
+    assert main(["train", "--resume", str(tmp_path / "pair"), "--epochs", "3"]) == 2
+    assert "global batch of 50 images a step, and this resume has 25" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path / "pair"), "--epochs", "3", "--batch-size", "50"]) == 0
+    assert [record["epoch"] for record in curve("pair")] == [0, 1, 2]  # the same global batch in one process
     assert len(single_curve) == len(pair_curve) == 2
     for one, two in zip(single_curve, pair_curve):
-        assert one["step"] == two["step"] == 20 * (one["epoch"] + 1)
+        assert one["step"] == two["step"] == 10 * (one["epoch"] + 1)
         # Same images in the same global batches; only BN sees half-batches under DDP.
         assert two["train_loss"] == pytest.approx(one["train_loss"], rel=0.05)
         assert two["val_top1"] == pytest.approx(one["val_top1"], abs=0.08)

@@ -31,6 +31,7 @@ channels, l1), that took top-1 before any training from 12.7% to 59.8% (BENCHMAR
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -126,6 +127,7 @@ def budget_config(model: ResNet, target_macs: float, keep_stream: bool = True, i
     check_budget(target_macs, multiple)
     full = count_macs(_meta(model.config), input_size)
 
+    @functools.cache  # rounded to a multiple, many fractions of the bisection give the same widths
     def fits(config: ResNetConfig) -> bool:
         return count_macs(_meta(config), input_size) <= target_macs * full
 

@@ -252,6 +252,8 @@ class ResNet(nn.Module):
         return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
 
     def _init_weights(self) -> None:
+        if self.conv1.weight.is_meta:
+            return  # built on the meta device to count MACs or shapes: there are no values to set
         # He initialisation (fan_out, as torchvision) for every conv; BN starts as identity.
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, DeformConv2d)):
