@@ -38,7 +38,9 @@ LONGEST_FIRST = (
     "test_prune.py",  # 500 in 40 tests
     "test_demo.py",  # 75
     "test_optimize.py",  # 180 in 45 tests
-    "test_features.py",  # 105 in 70 tests
+    "test_features.py",  # 70 in 126 tests
+    "test_reference_equivalence.py",  # 110 in 117 tests
+    "test_registry.py",  # 50 in 100 tests
     "test_detection.py",  # 50
     "test_cli.py",  # 60
     "test_compress.py",  # 50

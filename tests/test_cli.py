@@ -32,6 +32,15 @@ def test_models_filters_by_pattern(capsys):
     assert "wide_resnet50_2" in out and "resnet18 " not in out
 
 
+def test_models_finds_a_network_by_its_other_name_and_shows_it(capsys):
+    code, out, _ = run(capsys, "models", "seresnet5*")
+    assert code == 0
+    row = next(line for line in out.splitlines() if "se_resnet50 " in line)
+    assert "seresnet50" in row.replace("se_resnet50", "")
+    assert "se_resnet101" not in out
+    assert create_model("seresnet50").arch == "se_resnet50"  # built, and saved, under resnetlab's name
+
+
 def test_summary_prints_the_per_stage_table_and_totals(capsys):
     code, out, _ = run(capsys, "summary", "resnet50")
     assert code == 0

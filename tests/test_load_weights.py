@@ -161,6 +161,16 @@ def test_single_channel_input_keeps_the_pretrained_filters(source_model):
         assert torch.allclose(gray(image), source_model(image.repeat(1, 3, 1, 1)), atol=1e-4)
 
 
+def test_a_deep_stem_adapts_its_first_conv_to_one_input_channel():
+    torch.manual_seed(0)
+    rgb = create_model("resnet18d", num_classes=10).eval()
+    gray = create_model("resnet18d", num_classes=10, in_chans=1).eval()
+    assert load_weights(gray, rgb.state_dict()).adapted_in_chans == (3, 1)
+    image = torch.randn(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(gray(image), rgb(image.repeat(1, 3, 1, 1)), atol=1e-4)
+
+
 def test_more_input_channels_repeat_and_rescale_the_pretrained_filters(source_model):
     model = create_model("resnet18", num_classes=10, in_chans=6).eval()
     load_weights(model, source_model.state_dict())

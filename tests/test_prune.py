@@ -19,7 +19,8 @@ from subsets import cifar_subset
 # Every block type, each shortcut kind (identity, zero-padding, projection with and without BN),
 # and squeeze-excite, whose stream stays whole.
 PRUNINGS = [("cifar_resnet20", False), ("resnet50", False), ("preact_resnet18", False),
-            ("cifar_preact_resnet164", False), ("cifar_resnet20", True), ("se_resnet50", True)]
+            ("cifar_preact_resnet164", False), ("cifar_resnet20", True), ("se_resnet50", True),
+            ("resnet26d", False), ("resnet26d", True)]  # ResNet-D: a deep stem, average-pool shortcuts
 
 
 def kill_three_quarters(model: nn.Module) -> nn.Module:

@@ -4,11 +4,13 @@ from __future__ import annotations
 import math
 
 import pytest
+import timm
 import torch
 from torch import nn
 
-from resnetlab import count_parameters, create_model, list_models
+from resnetlab import ConfigError, count_parameters, create_model, list_models
 from resnetlab.models.resnet import ResNet
+from zoo import narrow
 
 # torchvision's and timm's published counts, to the parameter.
 EXACT_PARAMS = {
@@ -39,12 +41,13 @@ def meta_model(name: str, **options) -> ResNet:
 
 def test_registry_lists_the_whole_family():
     names = set(list_models())
-    assert names == set(EXACT_PARAMS) | set(PAPER_PARAMS_MILLIONS)
+    # timm's names are counted against timm itself, live (tests/test_reference_equivalence.py).
+    assert names == set(EXACT_PARAMS) | set(PAPER_PARAMS_MILLIONS) | (names & set(timm.list_models()))
     assert list_models("cifar_resnet*") == ["cifar_resnet20", "cifar_resnet32", "cifar_resnet44",
                                             "cifar_resnet56", "cifar_resnet110", "cifar_resnet1202"]
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", [*EXACT_PARAMS, *PAPER_PARAMS_MILLIONS])
 def test_parameter_count_matches_the_reference(name):
     model = meta_model(name)
     params = count_parameters(model)
@@ -62,7 +65,7 @@ def test_parameter_count_matches_the_reference(name):
 @pytest.mark.parametrize("name", list_models())
 def test_forward_and_backward(name):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=7)
+    model = create_model(name, num_classes=7, **narrow(name))
     size = model.preprocessing.input_size if name.startswith("cifar") else 48
     images = torch.randn(2, 3, size, size)
     logits = model(images)
@@ -101,3 +104,36 @@ def test_zero_init_residual_makes_every_block_start_as_identity(name, last):
     block = model.stages[0][1]
     x = torch.rand(1, block.conv1.in_channels, 8, 8)
     assert torch.allclose(block(x), x)
+
+
+def test_resnet_d_shortcuts_average_pool_then_project_at_stride_one():
+    model = create_model("resnet50d").eval()
+    first, second = model.layer1[0].downsample, model.layer2[0].downsample
+    assert isinstance(first[0], nn.Identity) and isinstance(second[0], nn.AvgPool2d)  # layer1 keeps the size
+    assert second[1].stride == (1, 1) and second[1].kernel_size == (1, 1)
+    x = torch.randn(1, 256, 9, 9)  # an odd side: the pool's ceil mode keeps the conv path's 5x5
+    with torch.no_grad():
+        assert model.layer2[0](x).shape == second(x).shape == (1, 512, 5, 5)
+        # The pool averages what it covers, edges included (count_include_pad=False).
+        assert torch.allclose(second[0](torch.ones(1, 1, 3, 3)), torch.ones(1, 1, 2, 2))
+
+
+@pytest.mark.parametrize("name, widths", [("resnet50c", [32, 32, 64]), ("resnet50s", [64, 64, 128]),
+                                          ("resnet50t", [24, 32, 64])])
+def test_deep_stems_are_three_3x3_convs_halving_the_side_once(name, widths):
+    model = create_model(name)
+    convs = [m for m in model.conv1.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == widths and {c.kernel_size for c in convs} == {(3, 3)}
+    assert [c.stride[0] for c in convs] == [2, 1, 1]
+    assert model.forward_stem(torch.randn(1, 3, 64, 64)).shape == (1, widths[-1], 16, 16)
+    assert model.feature_info[0]["reduction"] == 2
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(stem_type="deeper"), "unknown stem_type 'deeper'; choose one of plain, deep, deep_tiered"),
+    (dict(stem_type="deep", stem="cifar"), "the cifar stem has none"),
+    (dict(stem_type="deep", stem_width=2), "stem_width must be at least 4"),
+])
+def test_wrong_stem_options_are_one_sentence_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model("resnet18", **options)

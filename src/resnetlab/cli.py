@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fnmatch
 import json
 import logging
 import sys
@@ -17,7 +18,7 @@ from .complexity import count_parameters, stage_table
 from .errors import ConfigError, DataError, ResnetlabError
 from .explain import grad_cam, overlay_heatmap
 from .image_input import check_reads_image_files, normalize, read_crop
-from .models import create_model, list_models, load_model
+from .models import aliases_of, create_model, list_models, load_model
 from .cli_bench import add_bench_parser
 from .cli_deploy import add_export_parser
 from .cli_serve import add_serve_parser
@@ -46,17 +47,18 @@ def _meta_model(name: str, **options):
 
 
 def cmd_models(args: argparse.Namespace, console: Console) -> None:
-    names = list_models(args.pattern)
+    names = [name for name in list_models() if args.pattern is None
+             or any(fnmatch.fnmatch(known, args.pattern) for known in (name, *aliases_of(name)))]
     if not names:
         raise ResnetlabError(f"no model matches {args.pattern!r}; `resnetlab models` lists them all")
     table = Table(title="resnetlab models", caption=MACS_NOTE)
-    for column in ("model", "block", "blocks per stage", "params", "GMACs", "input"):
-        table.add_column(column, justify="left" if column in ("model", "block") else "right")
+    for column in ("model", "also named", "block", "blocks per stage", "params", "GMACs", "input"):
+        table.add_column(column, justify="left" if column in ("model", "also named", "block") else "right")
     for name in names:
         model = _meta_model(name)
         rows = stage_table(model, args.input_size)
         size = args.input_size or (model.preprocessing.input_size,) * 2
-        table.add_row(name, model.config.block, "-".join(map(str, model.config.layers)),
+        table.add_row(name, ", ".join(aliases_of(name)), model.config.block, "-".join(map(str, model.config.layers)),
                       f"{count_parameters(model) / 1e6:.2f}M", f"{sum(r.macs for r in rows) / 1e9:.3f}",
                       f"{size[0]}x{size[1]}")
     console.print(table)

@@ -19,6 +19,7 @@ FLAG_KEYS = {
     "model": "model.name", "weights": "model.weights", "zero_init_residual": "model.options.zero_init_residual",
     "freeze": "model.freeze", "freeze_bn": "model.freeze_bn",
     "sync_bn": "model.sync_bn", "channels_last": "model.channels_last", "compile": "model.compile",
+    "grad_checkpointing": "model.grad_checkpointing",
     "data": "data.data", "batch_size": "data.batch_size", "workers": "data.workers",
     "max_per_class": "data.max_per_class", "augment": "data.augment", "auto_augment": "data.auto_augment",
     "color_jitter": "data.color_jitter", "mixup": "data.mixup_alpha", "cutmix": "data.cutmix_alpha",
@@ -61,6 +62,7 @@ def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) 
     _flag(section, "--sync-bn", "BN statistics over all processes under torchrun")
     _flag(section, "--channels-last", "NHWC memory layout (faster on tensor-core GPUs)")
     _flag(section, "--compile", "torch.compile the model")
+    _flag(section, "--grad-checkpointing", "recompute activations in the backward pass: less memory, more time")
     section = train.add_argument_group("data")
     section.add_argument("--data", help="image folder (DIR/train/<class>/*, DIR/val or DIR/test), or cifar10")
     section.add_argument("--batch-size", type=int, help="images per batch on each process")
@@ -156,7 +158,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 # What a resume may change: how long the run goes, where and how fast it runs, where its data lies, and
 # how its global batch is split (the trainer checks the global batch itself). The rest made its checkpoints.
 RESUME_MAY_CHANGE = {"epochs", "max_steps", "device", "precision", "out", "resume", "data.data", "data.workers",
-                     "data.batch_size", "optim.accumulate", "model.compile", "model.channels_last"}
+                     "data.batch_size", "optim.accumulate", "model.compile", "model.channels_last",
+                     "model.grad_checkpointing"}
 
 
 def _check_resume_changes(saved: TrainConfig, resumed: TrainConfig, run_dir: Path) -> None:

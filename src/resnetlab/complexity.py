@@ -125,7 +125,8 @@ def _conv_text(conv: nn.Module) -> str:
 
 
 def _stem_structure(model: ResNet) -> str:
-    text = _conv_text(model.conv1)
+    convs = [module for module in model.conv1.modules() if isinstance(module, nn.Conv2d)]  # a deep stem has 3
+    text = "; ".join(_conv_text(conv) for conv in convs)
     return text + "; max-pool 3x3, /2" if model.maxpool is not None else text
 
 

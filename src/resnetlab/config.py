@@ -110,6 +110,7 @@ class ModelConfig:
     sync_bn: bool = False  # BN statistics over all processes under torchrun
     channels_last: bool = False  # NHWC memory layout: faster convolutions on GPUs with tensor cores
     compile: bool = False  # torch.compile the model (first steps are slow while it compiles)
+    grad_checkpointing: bool = False  # recompute block activations in the backward pass: less memory
 
     def __post_init__(self) -> None:
         if self.freeze is not None:

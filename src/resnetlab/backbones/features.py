@@ -55,6 +55,7 @@ class ResNetFeatures(nn.Module):
         # because the stem feature (feature_info[0]) is the activation before it; with
         # ``maxpool`` None, the borrowed ``forward_stem`` stops there.
         self.conv1, self.bn1, self.relu = model.conv1, model.bn1, model.relu
+        self.grad_checkpointing = model.grad_checkpointing
         self.maxpool = None
         self.stem_pool = model.maxpool
         self.stage_names = model.stage_names[:deepest]
@@ -74,7 +75,9 @@ class ResNetFeatures(nn.Module):
 
     # The classifier's forward pieces; they read only the modules kept above.
     forward_stem = ResNet.forward_stem
+    forward_stage = ResNet.forward_stage
     forward_final_norm = ResNet.forward_final_norm
+    set_grad_checkpointing = ResNet.set_grad_checkpointing
     stages = ResNet.stages
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -83,7 +86,7 @@ class ResNetFeatures(nn.Module):
         if self.stem_pool is not None:
             x = self.stem_pool(x)
         for index, stage in enumerate(self.stages, start=1):
-            x = stage(x)
+            x = self.forward_stage(stage, x)
             if index in self.out_indices:
                 features.append(self.forward_final_norm(x) if index == len(self.stages) else x)
         return features

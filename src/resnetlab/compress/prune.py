@@ -255,7 +255,9 @@ def stream_tensors(model: ResNet) -> list[list[StreamTensor]]:
     def norm(segment: int, prefix: str) -> None:
         segments[segment] += [StreamTensor(f"{prefix}.{tensor}", 0, "norm") for tensor in BN_TENSORS]
 
-    segments[0].append(StreamTensor("conv1.weight", 0, "writer"))
+    stem_writer = "conv1.weight" if model.config.stem_type == "plain" else "conv1.6.weight"  # a deep stem's last
+    segments[0].append(StreamTensor(stem_writer, 0, "writer"))
+    conv = 1 if model.config.avg_down else 0  # ResNet-D's shortcut pools first: downsample.1 is its conv
     if model.bn1 is not None:
         norm(0, "bn1")
     for stage, stage_name in enumerate(model.stage_names):
@@ -267,11 +269,11 @@ def stream_tensors(model: ResNet) -> list[list[StreamTensor]]:
             segments[writes].append(StreamTensor(f"{prefix}.{writer_conv}.weight", 0, "writer"))
             if writer_norm is not None:
                 norm(writes, f"{prefix}.{writer_norm}")
-            if isinstance(block.downsample, nn.Sequential):  # a projection shortcut: conv (+ BN)
-                segments[reads].append(StreamTensor(f"{prefix}.downsample.0.weight", 1, "reader"))
-                segments[writes].append(StreamTensor(f"{prefix}.downsample.0.weight", 0, "writer"))
-                if len(block.downsample) > 1:
-                    norm(writes, f"{prefix}.downsample.1")
+            if isinstance(block.downsample, nn.Sequential):  # a projection shortcut: (pool,) conv (+ BN)
+                segments[reads].append(StreamTensor(f"{prefix}.downsample.{conv}.weight", 1, "reader"))
+                segments[writes].append(StreamTensor(f"{prefix}.downsample.{conv}.weight", 0, "writer"))
+                if len(block.downsample) > conv + 1:
+                    norm(writes, f"{prefix}.downsample.{conv + 1}")
     if model.final_bn is not None:
         norm(-1, "final_bn")
     if isinstance(model.fc, nn.Linear):

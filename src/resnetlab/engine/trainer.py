@@ -198,6 +198,7 @@ def build_model(config: ModelConfig, num_classes: int, ctx: Context) -> ResNet:
     if config.weights:
         load_weights(model, config.weights)  # a new class count re-initialises the head
     model.freeze(config.frozen_stages, config.freeze_bn)
+    model.set_grad_checkpointing(config.grad_checkpointing)
     if config.sync_bn and ctx.world_size > 1:
         if ctx.device.type == "cpu":
             raise ConfigError("sync_bn needs GPUs: PyTorch's SyncBatchNorm does not run on CPU processes; "

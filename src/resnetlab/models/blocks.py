@@ -23,6 +23,19 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
+def deep_stem(in_channels: int, width: int, out_channels: int, tiered: bool = False) -> nn.Sequential:
+    """Three 3x3 convolutions in place of the 7x7, the first at stride 2 (ResNet-C, He et al. 2019).
+
+    ``tiered`` narrows the first to 3/4 of ``width`` (timm's ResNet-T). The last conv's BN and ReLU
+    are the ResNet's ``bn1`` and ``relu``; module indices are timm's (conv1.0, conv1.1, conv1.3, ...).
+    """
+    first = 3 * (width // 4) if tiered else width
+    return nn.Sequential(
+        nn.Conv2d(in_channels, first, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(first), nn.ReLU(inplace=True),
+        nn.Conv2d(first, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(width, out_channels, 3, padding=1, bias=False))
+
+
 class DeformableConv3x3(DeformConv2d):
     """3x3 deformable convolution (Dai et al., ICCV 2017) that predicts its own sampling offsets.
 
@@ -111,7 +124,8 @@ class BasicBlock(nn.Module):
             out = self.se(out)
         if self.drop_path is not None:
             out = self.drop_path(out)
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision and timm: one activation-sized tensor fewer
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -153,7 +167,8 @@ class Bottleneck(nn.Module):
             out = self.se(out)
         if self.drop_path is not None:
             out = self.drop_path(out)
-        return self.relu(out + identity)
+        out += identity  # in place, as torchvision and timm: one activation-sized tensor fewer
+        return self.relu(out)
 
 
 class PreActBasicBlock(nn.Module):
@@ -189,7 +204,8 @@ class PreActBasicBlock(nn.Module):
         out = self.conv2(self.relu(self.bn2(out)))
         if self.drop_path is not None:
             out = self.drop_path(out)
-        return out + identity
+        out += identity
+        return out
 
 
 class PreActBottleneck(nn.Module):
@@ -225,7 +241,8 @@ class PreActBottleneck(nn.Module):
         out = self.conv3(self.relu(self.bn3(out)))
         if self.drop_path is not None:
             out = self.drop_path(out)
-        return out + identity
+        out += identity
+        return out
 
 
 BLOCKS: dict[str, type[nn.Module]] = {

@@ -11,9 +11,11 @@ from torchvision.ops import DeformConv2d
 from ..config import check_types
 from ..errors import ConfigError
 from ..preprocessing import CIFAR10, IMAGENET, Preprocessing
-from .blocks import BLOCKS, DeformableConv3x3, ZeroPadShortcut, conv1x1
+from .blocks import BLOCKS, DeformableConv3x3, ZeroPadShortcut, conv1x1, deep_stem
+from .grad_checkpointing import checkpointed
 
 STEMS = ("imagenet", "cifar")
+STEM_TYPES = ("plain", "deep", "deep_tiered")
 SHORTCUTS = ("projection", "zero_pad")
 ATTENTIONS = (None, "se")
 
@@ -26,7 +28,15 @@ class ResNetConfig:
     layers: tuple[int, ...] = (3, 4, 6, 3)  # residual blocks per stage
     channels: tuple[int, ...] = (64, 128, 256, 512)  # per stage; a block outputs channels * expansion
     stem: str = "imagenet"  # imagenet: 7x7/2 conv + 3x3/2 max-pool; cifar: 3x3/1 conv
-    stem_channels: int = 64
+    stem_channels: int = 64  # the stem's output width
+    # The ImageNet stem's convolution: "plain" one 7x7/2; "deep" three 3x3, the first at stride 2, of
+    # widths stem_width, stem_width, stem_channels (ResNet-C of Bag of Tricks, He et al. 2019);
+    # "deep_tiered" the same with a first conv 3/4 as wide (timm's ResNet-T).
+    stem_type: str = "plain"
+    stem_width: int = 32  # inner width of a deep stem
+    # Projection shortcuts of ResNet-D: a 2x2 average pool takes the stride, then a 1x1 conv at
+    # stride 1, so no activation is skipped by a strided 1x1 (Bag of Tricks).
+    avg_down: bool = False
     shortcut: str = "projection"  # projection: 1x1 conv when shapes change (option B); zero_pad: option A
     groups: int = 1  # grouped 3x3 (ResNeXt cardinality)
     width_per_group: int = 64  # 3x3 width = channels * width_per_group / 64 * groups
@@ -66,6 +76,12 @@ class ResNetConfig:
             fail(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
         if self.stem not in STEMS:
             fail(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
+        if self.stem_type not in STEM_TYPES:
+            fail(f"unknown stem_type {self.stem_type!r}; choose one of {', '.join(STEM_TYPES)}")
+        if self.stem_type != "plain" and self.stem != "imagenet":
+            fail(f"stem_type {self.stem_type!r} replaces the ImageNet stem's 7x7 conv; the {self.stem} stem has none")
+        if self.stem_width < 4:
+            fail(f"stem_width must be at least 4, not {self.stem_width}")
         if self.shortcut not in SHORTCUTS:
             fail(f"unknown shortcut {self.shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
         if self.attention not in ATTENTIONS:
@@ -188,17 +204,21 @@ class ResNet(nn.Module):
         self.preprocessing = config.preprocessing
         self.class_names: list[str] | None = None
         self.frozen_modules: list[nn.Module] = []  # see freeze()
+        self.grad_checkpointing = False  # see set_grad_checkpointing()
         preact = config.block_type.preact
 
-        if config.stem == "imagenet":
+        if config.stem == "cifar":
+            self.conv1 = nn.Conv2d(config.in_chans, config.stem_out_channels, 3, stride=1, padding=1, bias=False)
+        elif config.stem_type == "plain":
             self.conv1 = nn.Conv2d(config.in_chans, config.stem_out_channels, 7, stride=2, padding=3, bias=False)
         else:
-            self.conv1 = nn.Conv2d(config.in_chans, config.stem_out_channels, 3, stride=1, padding=1, bias=False)
+            self.conv1 = deep_stem(config.in_chans, config.stem_width, config.stem_out_channels,
+                                   tiered=config.stem_type == "deep_tiered")
         # A pre-activation network normalises inside its first block instead.
         self.bn1 = None if preact else nn.BatchNorm2d(config.stem_out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem == "imagenet" else None
-        stem_stride = self.conv1.stride[0]
+        stem_stride = 1 if config.stem == "cifar" else 2
 
         # Where each stage's output lives, its width and its stride w.r.t. the input (as timm).
         self.feature_info: list[dict] = [dict(num_chs=config.stem_out_channels, reduction=stem_stride,
@@ -247,12 +267,15 @@ class ResNet(nn.Module):
             return None
         if kind == "zero_pad":
             return ZeroPadShortcut(in_channels, out_channels, stride)
-        if self.config.block_type.preact:
-            return nn.Sequential(conv1x1(in_channels, out_channels, stride))
-        return nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
+        norm = [] if self.config.block_type.preact else [nn.BatchNorm2d(out_channels)]
+        if self.config.avg_down:
+            # timm's layout: the pool (an identity at stride 1) is module 0, so the conv is downsample.1.
+            pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+            return nn.Sequential(pool, conv1x1(in_channels, out_channels), *norm)
+        return nn.Sequential(conv1x1(in_channels, out_channels, stride), *norm)
 
     def _init_weights(self) -> None:
-        if self.conv1.weight.is_meta:
+        if next(self.parameters()).is_meta:
             return  # built on the meta device to count MACs or shapes: there are no values to set
         # He initialisation (fan_out, as torchvision) for every conv; BN starts as identity.
         for module in self.modules():
@@ -285,13 +308,26 @@ class ResNet(nn.Module):
             x = self.maxpool(x)
         return x
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (timm's
+        name): less training memory for more time (resnet152, batch 16 at 224 on a CPU: 0.67x the
+        peak memory, 1.55x the step; BENCHMARKS.md). BN running statistics are not stepped twice."""
+        self.grad_checkpointing = enable
+
+    def forward_stage(self, stage: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+        if not (self.grad_checkpointing and torch.is_grad_enabled()):
+            return stage(x)
+        for block in stage:
+            x = checkpointed(block, x)
+        return x
+
     def forward_final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.final_bn is None else self.relu(self.final_bn(x))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.forward_stem(x)
         for stage in self.stages:
-            x = stage(x)
+            x = self.forward_stage(stage, x)
         return self.forward_final_norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

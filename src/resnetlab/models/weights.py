@@ -81,7 +81,8 @@ def _fit_head(model: ResNet, state: dict, report: LoadReport) -> None:
 
 
 def _fit_input_channels(state: dict, expected: dict, report: LoadReport) -> None:
-    weight, target = state.get("conv1.weight"), expected.get("conv1.weight")
+    key = "conv1.0.weight" if "conv1.0.weight" in expected else "conv1.weight"  # a deep stem's first conv
+    weight, target = state.get(key), expected.get(key)
     if weight is None or target is None or weight.shape == target.shape:
         return
     if weight.shape[0] != target.shape[0] or weight.shape[2:] != target.shape[2:]:
@@ -93,7 +94,7 @@ def _fit_input_channels(state: dict, expected: dict, report: LoadReport) -> None
         # Cycle the pretrained filters over the new channels and rescale so that the
         # expected activation magnitude stays that of the original input.
         adapted = weight.repeat(1, math.ceil(want / have), 1, 1)[:, :want] * (have / want)
-    state["conv1.weight"] = adapted
+    state[key] = adapted
     report.adapted_in_chans = (have, want)
     report.messages.append(f"conv1 was adapted from {have} to {want} input channels "
                            "(pretrained filters summed or repeated and rescaled)")
@@ -143,6 +144,8 @@ def describe_architecture(state: dict[str, torch.Tensor]) -> str:
     if "conv1.weight" in state:
         stem = state["conv1.weight"].shape
         parts.append(f"{stem[-1]}x{stem[-1]} stem of width {stem[0]}")
+    elif "conv1.6.weight" in state:
+        parts.append(f"deep 3x3 stem of width {state['conv1.6.weight'].shape[0]}")
     return ", ".join(parts)
 
 
