@@ -59,7 +59,8 @@ def main() -> None:
         results[mode] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     device = results["off"]["device"]
     print(f"{args.model}, batch {args.batch}, {args.size}x{args.size}, one SGD step, {device} "
-          f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}")
+          f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+          f"torch {torch.__version__}")
     what = "peak allocated" if device == "cuda" else "peak RSS"
     print(f"{'checkpointing':>13} {what + ' GiB':>18} {'step s':>8}")
     for mode in ("off", "on"):

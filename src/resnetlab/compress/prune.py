@@ -255,9 +255,9 @@ def stream_tensors(model: ResNet) -> list[list[StreamTensor]]:
     def norm(segment: int, prefix: str) -> None:
         segments[segment] += [StreamTensor(f"{prefix}.{tensor}", 0, "norm") for tensor in BN_TENSORS]
 
-    stem_writer = "conv1.weight" if model.config.stem_type == "plain" else "conv1.6.weight"  # a deep stem's last
-    segments[0].append(StreamTensor(stem_writer, 0, "writer"))
-    conv = 1 if model.config.avg_down else 0  # ResNet-D's shortcut pools first: downsample.1 is its conv
+    stem_convs = [name for name, module in model.named_modules()
+                  if name.split(".")[0] == "conv1" and isinstance(module, nn.Conv2d)]  # a deep stem has three
+    segments[0].append(StreamTensor(f"{stem_convs[-1]}.weight", 0, "writer"))
     if model.bn1 is not None:
         norm(0, "bn1")
     for stage, stage_name in enumerate(model.stage_names):
@@ -270,6 +270,7 @@ def stream_tensors(model: ResNet) -> list[list[StreamTensor]]:
             if writer_norm is not None:
                 norm(writes, f"{prefix}.{writer_norm}")
             if isinstance(block.downsample, nn.Sequential):  # a projection shortcut: (pool,) conv (+ BN)
+                conv = next(i for i, module in enumerate(block.downsample) if isinstance(module, nn.Conv2d))
                 segments[reads].append(StreamTensor(f"{prefix}.downsample.{conv}.weight", 1, "reader"))
                 segments[writes].append(StreamTensor(f"{prefix}.downsample.{conv}.weight", 0, "writer"))
                 if len(block.downsample) > conv + 1:

@@ -2,5 +2,5 @@ from .registry import ALIASES, MODELS, alias_of, aliases_of, create_model, list_
 from .resnet import ResNet, ResNetConfig
 from .weights import LoadReport, load_model, load_weights, save_weights
 
-__all__ = ["ALIASES", "MODELS", "LoadReport", "alias_of", "aliases_of", "ResNet", "ResNetConfig", "create_model", "list_models",
-           "load_model", "load_weights", "model_config", "save_weights"]
+__all__ = ["ALIASES", "MODELS", "LoadReport", "ResNet", "ResNetConfig", "alias_of", "aliases_of", "create_model",
+           "list_models", "load_model", "load_weights", "model_config", "save_weights"]
