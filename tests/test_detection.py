@@ -3,19 +3,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
-from torchvision.transforms.v2 import functional as TF
 
 from resnetlab import ConfigError, create_model, save_weights
 from resnetlab.backbones import fpn
+from scenes import CANVAS, OBJECT_CLASSES, pasted_scenes
 
-CANVAS = (120, 160)  # height, width of each training image
-OBJECT_SIDE = 48  # a 32x32 CIFAR image upscaled and pasted: its box is exact
-OBJECT_CLASSES = ("cat", "ship")  # labels 1 and 2; 0 is the background
 # Small images and few sampled anchors/proposals keep a step around a second on two CPU cores.
 DETECTOR_OPTIONS = dict(min_size=128, max_size=160, rpn_batch_size_per_image=64,
                         box_batch_size_per_image=64, rpn_pre_nms_top_n_train=300,
@@ -23,33 +18,9 @@ DETECTOR_OPTIONS = dict(min_size=128, max_size=160, rpn_batch_size_per_image=64,
                         rpn_post_nms_top_n_test=100, box_detections_per_img=20)
 
 
-def _read_rgb(path) -> torch.Tensor:
-    with Image.open(path) as image:
-        return torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
-
-
-def _scenes(hymenoptera_root, cifar10_root, count: int):
-    """Real photos (ants, bees) as backgrounds with two real CIFAR objects pasted at known boxes."""
-    backgrounds = sorted((hymenoptera_root / "train" / "ants").glob("*.jpg"))[:count]
-    images, targets = [], []
-    for i, background in enumerate(backgrounds):
-        canvas = TF.resize(_read_rgb(background), list(CANVAS))
-        boxes, labels = [], []
-        for label, (name, (top, left)) in enumerate(zip(OBJECT_CLASSES, [(8 + 4 * i, 10 + 6 * i),
-                                                                          (60 - 3 * i, 100 - 5 * i)]), 1):
-            source = sorted((cifar10_root / "test" / name).glob("*.jpg"))[i]
-            patch = TF.resize(_read_rgb(source), [OBJECT_SIDE] * 2)
-            canvas[:, top:top + OBJECT_SIDE, left:left + OBJECT_SIDE] = patch
-            boxes.append([left, top, left + OBJECT_SIDE, top + OBJECT_SIDE])
-            labels.append(label)
-        images.append(canvas.float() / 255)
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.tensor(labels)})
-    return images, targets
-
-
 def test_faster_rcnn_on_resnet50_fpn_learns_and_predicts_well_formed_boxes(hymenoptera_root, cifar10_root):
     torch.manual_seed(0)
-    images, targets = _scenes(hymenoptera_root, cifar10_root, count=4)
+    images, targets = pasted_scenes(hymenoptera_root, cifar10_root, count=4)
     detector = FasterRCNN(fpn("resnet50"), num_classes=1 + len(OBJECT_CLASSES), **DETECTOR_OPTIONS)
     # AdamW fits randomly initialised heads and backbone smoothly in a dozen steps; SGD at
     # detection learning rates wobbles this early on four images.

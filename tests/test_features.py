@@ -8,19 +8,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resnetlab import ConfigError, create_model, list_models, load_model, save_weights
+from resnetlab import ConfigError, ResNetConfig, create_model, list_models, load_model, save_weights
 from resnetlab.backbones import ResNetFeatures
+from resnetlab.models import model_config
 
 IMAGENET_SIZES = [(224, 224), (224, 160), (200, 250), (97, 131)]
 CIFAR_SIZES = [(32, 32), (40, 24), (33, 17)]
+# HRNet builds no features_only backbone (tests/test_hrnet.py checks that it says so): the ResNets.
+RESNET_NAMES = [name for name in list_models() if isinstance(model_config(name), ResNetConfig)]
+
+
+def shallow(name: str) -> dict:
+    """One block a stage (where widths are not set per block): every stem, shortcut and block kind of the
+    registry, and its feature shapes, at a fraction of the time (depth within a stage changes no shape)."""
+    config = model_config(name)
+    return {} if config.mid_channels is not None else dict(layers=(1,) * len(config.layers))
 
 
 @functools.cache
 def meta_classifier(name: str):
-    # Shapes only: the meta device allocates nothing and computes nothing, so even
-    # cifar_resnet1202 is quick; built once per name for all the tests below.
+    # Shapes only: the meta device allocates nothing and computes nothing; built once per name for all
+    # the tests below.
     with torch.device("meta"):
-        return create_model(name)
+        return create_model(name, **shallow(name))
 
 
 def every_feature(name: str) -> ResNetFeatures:
@@ -30,7 +40,7 @@ def every_feature(name: str) -> ResNetFeatures:
     return ResNetFeatures(classifier, out_indices=tuple(range(len(classifier.stage_names) + 1))).eval()
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", RESNET_NAMES)
 def test_feature_maps_match_feature_info_at_every_input_size(name):
     backbone = every_feature(name)
     assert backbone.feature_info == meta_classifier(name).feature_info  # every index, stem included
@@ -44,7 +54,43 @@ def test_feature_maps_match_feature_info_at_every_input_size(name):
         assert [tuple(f.shape) for f in features] == expected, f"{name} at {height}x{width}"
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", RESNET_NAMES)
+def test_forward_intermediates_are_the_feature_maps_at_a_non_square_size(name):
+    classifier = meta_classifier(name).eval()
+    height, width = CIFAR_SIZES[-1] if name.startswith("cifar") else IMAGENET_SIZES[-1]
+    images = torch.empty(2, 3, height, width, device="meta")
+    final, intermediates = classifier.forward_intermediates(images)
+    assert [f.shape for f in intermediates] == [f.shape for f in every_feature(name)(images)]
+    assert final.shape == intermediates[-1].shape
+    assert [f.shape for f in classifier.forward_intermediates(images, indices=2, intermediates_only=True)] == \
+        [f.shape for f in intermediates[-2:]]
+
+
+@pytest.mark.parametrize("name", [name for name in list_models() if isinstance(model_config(name), ResNetConfig)
+                                  and model_config(name).stem == "imagenet"])
+def test_output_stride_turns_the_last_strides_into_dilations(name):
+    height, width = IMAGENET_SIZES[-1]
+    for output_stride in (8, 16):
+        with torch.device("meta"):
+            classifier = create_model(name, output_stride=output_stride, **shallow(name)).eval()
+        reductions = [info["reduction"] for info in classifier.feature_info]
+        assert reductions == [min(r, output_stride) for r in (2, 4, 8, 16, 32)]
+        intermediates = classifier.forward_intermediates(torch.empty(1, 3, height, width, device="meta"),
+                                                         intermediates_only=True)
+        assert [f.shape[-2:] for f in intermediates] == \
+            [(math.ceil(height / r), math.ceil(width / r)) for r in reductions]
+
+
+def test_output_stride_is_refused_where_it_cannot_apply():
+    with pytest.raises(ConfigError, match="output_stride must be 8, 16 or 32"):
+        create_model("resnet18", output_stride=4)
+    with pytest.raises(ConfigError, match="ImageNet-stem models"):
+        create_model("cifar_resnet20", output_stride=8)
+    with pytest.raises(ConfigError, match="intermediates"):
+        meta_classifier("resnet18").forward_intermediates(torch.empty(1, 3, 64, 64, device="meta"), indices=[5])
+
+
+@pytest.mark.parametrize("name", RESNET_NAMES)
 def test_default_out_indices_are_the_stages_with_doubling_reductions(name):
     default = ResNetFeatures(meta_classifier(name))
     num_stages = len(meta_classifier(name).stage_names)

@@ -13,7 +13,7 @@ from resnetlab.data.folders import scan_split
 from resnetlab.errors import ConfigError
 from resnetlab.image_input import normalize
 from resnetlab.inference import CPU_PREFERENCE, backend_available, fold_batch_norm, optimize
-from zoo import narrow
+from zoo import shallow_narrow
 
 CPU = torch.device("cpu")
 EXPORTING_BACKENDS = ("compile", "onnxruntime", "openvino")
@@ -43,7 +43,8 @@ def assert_same_logits(actual: torch.Tensor, expected: torch.Tensor) -> None:
 @pytest.mark.parametrize("name", list_models())
 def test_folded_model_equals_the_eager_model(name):
     torch.manual_seed(0)
-    model = with_learnt_statistics(create_model(name, num_classes=10, zero_init_residual=True, **narrow(name)))
+    model = with_learnt_statistics(create_model(name, num_classes=10, zero_init_residual=True,
+                                                **shallow_narrow(name)))
     images = torch.randn(2, 3, 32, 40)
     with torch.no_grad():
         expected = model(images)

@@ -116,6 +116,27 @@ def test_bad_options_raise_a_clear_error(options, message):
     assert message in str(error.value)
 
 
+@pytest.mark.parametrize("name, options, message", [
+    ("resnet18", {"attention": "cbam"}, "unknown attention 'cbam'; choose None, 'se' or 'eca'"),
+    ("resnet18", {"aa": "gauss"}, "unknown aa 'gauss'; choose None, 'blur' or 'avg'"),
+    ("resnet18", {"norm": "layer"}, "unknown norm 'layer'; choose one of batch, group"),
+    ("resnet18", {"down_kernel_size": 5}, "down_kernel_size must be 1 or 3, not 5"),
+    ("cifar_resnet20", {"aa": "blur"}, "the cifar stem has none"),
+    ("resnet50", {"aa": "blur", "stride_in_1x1": True}, "cannot be combined with stride_in_1x1"),
+    ("resnet50", {"norm": "group", "channels": (48, 128, 256, 512)}, "every width must be a multiple of 32"),
+    ("resnet18", {"first_channels": ((32, 32),) * 4}, "first_channels needs one positive width per bottleneck"),
+    ("resnext50_32x4d", {"block_reduce_first": 3}, "multiples of its 32 groups"),
+    ("res2net50_26w_4s", {"aa": "blur"}, "res2net blocks have a 3x3 of their own"),
+    ("resnest50d", {"attention": "se"}, "resnest blocks have split attention already"),
+    ("res2net50_26w_4s", {"res2net_scale": 1}, "res2net_scale must be at least 2"),
+    ("preact_resnet18", {"aa": "avg"}, "not available for pre-activation blocks"),
+])
+def test_bad_family_options_raise_a_clear_error(name, options, message):
+    with pytest.raises(ConfigError) as error:
+        create_model(name, **options)
+    assert message in str(error.value)
+
+
 def test_attention_is_refused_for_pre_activation_blocks():
     with pytest.raises(ConfigError, match="not available for pre-activation"):
         create_model("preact_resnet50", attention="se")

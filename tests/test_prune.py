@@ -17,10 +17,11 @@ from resnetlab.errors import ConfigError
 from subsets import cifar_subset
 
 # Every block type, each shortcut kind (identity, zero-padding, projection with and without BN),
-# and squeeze-excite, whose stream stays whole.
+# and the attention kinds, whose stream stays whole.
 PRUNINGS = [("cifar_resnet20", False), ("resnet50", False), ("preact_resnet18", False),
             ("cifar_preact_resnet164", False), ("cifar_resnet20", True), ("se_resnet50", True),
-            ("resnet26d", False), ("resnet26d", True)]  # ResNet-D: a deep stem, average-pool shortcuts
+            ("resnet26d", False),  # ResNet-D: a deep stem, average-pool shortcuts
+            ("ecaresnet26t", True), ("resnetblur18", True)]  # ECA and a tiered stem; blur-pool anti-aliasing
 
 
 def kill_three_quarters(model: nn.Module) -> nn.Module:
@@ -182,7 +183,12 @@ def test_stream_widths_that_break_an_addition_are_refused(streams, message):
     ("cifar_resnet20", {}, 0.001, "ask for --target-macs above"),
     ("resnext50_32x4d", {}, 0.5, "pruning grouped convolutions (ResNeXt, groups=32) is not supported"),
     ("resnet18", {"deformable": True}, 0.5, "pruning deformable models is not supported"),
-    ("se_resnet50", {}, 0.5, "pruning the residual stream of squeeze-excite models is not supported"),
+    ("se_resnet50", {}, 0.5, "pruning the residual stream of SE attention models is not supported"),
+    ("ecaresnet26t", {}, 0.5, "pruning the residual stream of ECA attention models is not supported"),
+    ("resnet26", {"block_reduce_first": 2}, 0.5, "pruning networks whose first 1x1s have widths of their own"),
+    ("resnet50_gn", {}, 0.5, "pruning group norm models is not supported"),
+    ("skresnet18", {}, 0.5, "pruning sk_basic blocks is not supported"),
+    ("resnet26d", {"replace_stem_pool": True}, 0.5, "pruning the residual stream of ResNet-RS models"),
 ])
 def test_impossible_pruning_requests_are_refused(name, options, target, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

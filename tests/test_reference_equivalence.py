@@ -8,26 +8,36 @@ import torchvision
 from torch import nn
 
 from resnetlab import count_parameters, create_model, list_models, load_weights
-from resnetlab.models import alias_of
+from resnetlab.models import HRNET_MODELS, alias_of, model_config
+from resnetlab.models.blocks import BlurPool, EfficientChannelAttention
 from zoo import LARGEST, LARGEST_PARAMS
 
 TORCHVISION_NAMES = [name for name in list_models() if name in torchvision.models.list_models()]
 # Every name of ours, aliases included, that timm also registers: the same network under the same name.
-TIMM_NAMES = [name for name in list_models(aliases=True) if name in timm.list_models()]
+# HRNet's are checked against timm in tests/test_hrnet.py (timm's own HRNet cannot run at 40 px).
+TIMM_NAMES = [name for name in list_models(aliases=True) if name in timm.list_models() and name not in HRNET_MODELS]
 
 
 def randomise_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Fresh BN is an identity in eval mode, which would hide a misplaced norm: make every BN count."""
+    """Fresh BN is an identity in eval mode, which would hide a misplaced norm: make every BN (and
+    GroupNorm's affine parameters) count."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                n = module.num_features
+            if isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+                n = module.weight.numel()
                 module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+            if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
     return model
+
+
+def comparison_size(name: str) -> int:
+    """Small, but where every stage's input stays even: timm's 2x2 average-pool anti-aliasing floors an
+    odd map while its ResNet-D shortcut rounds up, so timm itself cannot run those at 40."""
+    return 64 if model_config(name).aa == "avg" else 40
 
 
 def max_output_difference(reference: nn.Module, ours: nn.Module, size: int = 40,
@@ -69,7 +79,9 @@ def test_our_state_dict_loads_into_torchvision(name):
 def test_timm_names_cover_its_resnet_family_that_resnetlab_builds():
     # Grows as the family does; these are the ones the stem, shortcut and SE fields give.
     assert {"resnet10t", "resnet50d", "resnet152s", "resnext101_32x16d", "seresnext26t_32x4d",
-            "seresnet50", "resnetv2_50"} <= set(TIMM_NAMES)
+            "seresnet50", "resnetv2_50", "senet154", "resnet50_gn", "ecaresnet50d_pruned", "resnetblur50",
+            "resnetaa50d", "resnetrs420", "res2net50_26w_4s", "res2next50", "resnest50d_4s2x40d", "skresnet18",
+            "skresnext50_32x4d"} <= set(TIMM_NAMES)
     assert alias_of("seresnet50") == "se_resnet50" and alias_of("resnet50d") is None
 
 
@@ -108,4 +120,59 @@ def test_every_timm_state_dict_loads_strictly_and_gives_timms_outputs(timm_name)
     ours.to_empty(device="cpu")
     assert not load_weights(ours, reference.state_dict()).head_reinitialized
     # fp32 (fp64 copies of the largest take seconds each); same kernels in the same order.
-    assert max_output_difference(reference, ours, dtype=torch.float32) < 1e-4
+    assert max_output_difference(reference, ours, size=comparison_size(timm_name), dtype=torch.float32) < 1e-4
+
+
+@pytest.mark.parametrize("timm_name, indices", [("resnet50d", None), ("resnetv2_50", None), ("resnetrs50", [0, 2, -1]),
+                                                ("resnetblur18", 2)])
+@pytest.mark.parametrize("norm, stop_early", [(False, False), (True, True)])
+def test_forward_intermediates_equal_timms(timm_name, indices, norm, stop_early):
+    torch.manual_seed(0)
+    reference = randomise_batch_norm(timm.create_model(timm_name)).eval()
+    ours = create_model(timm_name).eval()
+    load_weights(ours, reference.state_dict())
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected_final, expected = reference.forward_intermediates(images, indices, norm=norm, stop_early=stop_early)
+        final, intermediates = ours.forward_intermediates(images, indices, norm=norm, stop_early=stop_early)
+    assert len(intermediates) == len(expected)
+    for ours_map, timm_map in zip([final, *intermediates], [expected_final, *expected]):
+        torch.testing.assert_close(ours_map, timm_map, rtol=1e-5, atol=1e-5)
+
+
+# One of each stem, shortcut and stride placement that dilation changes: plain and deep stems, ResNet-D's
+# average-pool shortcut, SENet's 3x3 shortcut and narrower first conv, blur and average-pool anti-aliasing.
+DILATED = [("resnet18", {}), ("resnet26d", {}), ("resnet26", dict(down_kernel_size=3, block_reduce_first=2)),
+           ("resnetblur18", {}), ("resnetaa34d", {}), ("resnetv2_18", {})]
+
+
+@pytest.mark.parametrize("timm_name, options, output_stride", [(name, options, 8) for name, options in DILATED]
+                         + [("resnet26d", {}, 16)])
+def test_a_dilated_model_loads_the_undilated_checkpoint_and_gives_timms_dilated_outputs(timm_name, options,
+                                                                                        output_stride):
+    torch.manual_seed(0)
+    reference = randomise_batch_norm(timm.create_model(timm_name, output_stride=output_stride, **options))
+    with torch.device("meta"):  # every value comes from timm's state dict
+        ours = create_model(timm_name, output_stride=output_stride, **options)
+        undilated = create_model(timm_name, **options)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in undilated.state_dict().items()}
+    ours.to_empty(device="cpu")
+    assert not load_weights(ours, reference.state_dict()).head_reinitialized
+    assert [info["reduction"] for info in ours.feature_info][-1] == output_stride
+    assert max_output_difference(reference, ours, size=64, dtype=torch.float32) < 1e-5
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(7, 7), (8, 11), (33, 16)])
+def test_blur_pool_is_timms_at_any_size(stride, size):
+    images = torch.randn(2, 5, *size, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(BlurPool(5, stride)(images), timm.layers.BlurPool2d(5, stride=stride)(images))
+
+
+@pytest.mark.parametrize("channels", [16, 64, 256, 1000, 2048])
+def test_eca_kernel_and_output_are_timms(channels):
+    ours, reference = EfficientChannelAttention(channels), timm.layers.EcaModule(channels)
+    assert ours.conv.weight.shape == reference.conv.weight.shape
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    features = torch.randn(2, channels, 5, 6, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ours(features), reference(features))

@@ -10,7 +10,7 @@ from torch import nn
 
 from resnetlab import ConfigError, count_parameters, create_model, list_models
 from resnetlab.models.resnet import ResNet
-from zoo import narrow
+from zoo import shallow_narrow
 
 # torchvision's and timm's published counts, to the parameter.
 EXACT_PARAMS = {
@@ -65,7 +65,7 @@ def test_parameter_count_matches_the_reference(name):
 @pytest.mark.parametrize("name", list_models())
 def test_forward_and_backward(name):
     torch.manual_seed(0)
-    model = create_model(name, num_classes=7, **narrow(name))
+    model = create_model(name, num_classes=7, **shallow_narrow(name))
     size = model.preprocessing.input_size if name.startswith("cifar") else 48
     images = torch.randn(2, 3, size, size)
     logits = model(images)

@@ -3,7 +3,7 @@ from importlib.metadata import version
 
 from .complexity import count_macs, count_parameters, stage_table
 from .errors import CheckpointError, ConfigError, ResnetlabError
-from .models import (LoadReport, ResNet, ResNetConfig, create_model, list_models, load_model,
+from .models import (HRNet, HRNetConfig, LoadReport, ResNet, ResNetConfig, create_model, list_models, load_model,
                      load_weights, save_weights)
 from .preprocessing import Preprocessing
 
@@ -23,7 +23,7 @@ def __getattr__(name: str):
     return getattr(import_module(f".{_LAZY[name]}", __name__), name)
 
 __all__ = [
-    "CheckpointError", "ConfigError", "LoadReport", "Preprocessing", "ResNet", "ResNetConfig",
+    "CheckpointError", "ConfigError", "HRNet", "HRNetConfig", "LoadReport", "Preprocessing", "ResNet", "ResNetConfig",
     "ResnetlabError", "count_macs", "count_parameters", "create_model", "list_models",
     "load_model", "load_weights", "save_weights", "stage_table", *_LAZY,
 ]

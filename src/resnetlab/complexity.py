@@ -8,12 +8,16 @@ which is the convention of torchvision, fvcore and the papers.
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torchvision.ops import DeformConv2d
 
+from .models.blocks import (BlurPool, ConvNorm, Res2NetBottleneck, ResNeStBottleneck, SelectiveKernel, SplitAttention,
+                            SqueezeExcite)
+from .models.hrnet import HRNet
 from .models.resnet import ResNet
 
 _COUNTED = (nn.Conv2d, DeformConv2d, nn.Linear)
@@ -33,7 +37,7 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def input_tensor(model: ResNet, input_size: int | tuple[int, int] | None = None) -> torch.Tensor:
+def input_tensor(model: ResNet | HRNet, input_size: int | tuple[int, int] | None = None) -> torch.Tensor:
     """A single zero image of the model's expected size (or ``input_size``) on the model's device."""
     size = input_size or model.preprocessing.input_size
     height, width = (size, size) if isinstance(size, int) else size
@@ -41,7 +45,7 @@ def input_tensor(model: ResNet, input_size: int | tuple[int, int] | None = None)
     return torch.zeros(1, model.config.in_chans, height, width, device=device)
 
 
-def count_macs(model: ResNet, input_size: int | tuple[int, int] | None = None) -> int:
+def count_macs(model: ResNet | HRNet, input_size: int | tuple[int, int] | None = None) -> int:
     """Multiply-accumulates of one forward pass on one image. Works on a meta-device model."""
     return sum(row.macs for row in stage_table(model, input_size))
 
@@ -58,15 +62,10 @@ class StageRow:
     macs: int
 
 
-def stage_table(model: ResNet, input_size: int | tuple[int, int] | None = None) -> list[StageRow]:
-    """The rows of the architecture table of the ResNet paper: stem, each stage, head."""
-    # (row name, how to run it, the modules whose parameters it owns, structure, blocks)
-    parts = [("stem", model.forward_stem, [model.conv1, model.bn1], _stem_structure(model), 1)]
-    for name, stage in zip(model.stage_names, model.stages):
-        parts.append((name, stage, [stage], _block_structure(stage[0]), len(stage)))
-    parts.append(("head", lambda x: model.forward_head(model.forward_final_norm(x)),
-                  [model.final_bn, model.fc], _head_structure(model), 1))
-
+def stage_table(model: ResNet | HRNet, input_size: int | tuple[int, int] | None = None) -> list[StageRow]:
+    """The rows of the architecture table of the ResNet paper: stem, each stage, head. An HRNet's
+    stages run several branches: their channels are the branches' together, their size the largest."""
+    parts = _hrnet_parts(model) if isinstance(model, HRNet) else _resnet_parts(model)
     rows = []
     was_training = model.training
     model.eval()
@@ -79,11 +78,12 @@ def stage_table(model: ResNet, input_size: int | tuple[int, int] | None = None) 
     try:
         with torch.no_grad(), _batch_norm_skipped_on_meta(model, x):
             for name, run, modules, structure, blocks in parts:
-                in_channels, first = x.shape[1], len(counted)
+                in_channels, first = _channels(x), len(counted)
                 x = run(x)
+                largest = x[0] if isinstance(x, list) else x
                 rows.append(StageRow(
                     name=name, structure=structure, blocks=blocks, in_channels=in_channels,
-                    out_channels=x.shape[1], output_size=tuple(x.shape[2:]) if x.ndim == 4 else (1, 1),
+                    out_channels=_channels(x), output_size=tuple(largest.shape[2:]) if largest.ndim == 4 else (1, 1),
                     params=sum(count_parameters(m) for m in modules if m is not None),
                     macs=sum(counted[first:]),
                 ))
@@ -92,6 +92,40 @@ def stage_table(model: ResNet, input_size: int | tuple[int, int] | None = None) 
             hook.remove()
         model.train(was_training)
     return rows
+
+
+def _resnet_parts(model: ResNet) -> list[tuple]:
+    # (row name, how to run it, the modules whose parameters it owns, structure, blocks)
+    parts = [("stem", model.forward_stem, [model.conv1, model.bn1, model.maxpool], _stem_structure(model), 1)]
+    for name, stage in zip(model.stage_names, model.stages):
+        parts.append((name, stage, [stage], _block_structure(stage[0]), len(stage)))
+    parts.append(("head", lambda x: model.forward_head(model.forward_final_norm(x)),
+                  [model.final_bn, model.fc], _head_structure(model), 1))
+    return parts
+
+
+def _hrnet_parts(model: HRNet) -> list[tuple]:
+    stem = "; ".join(_conv_text(conv) for conv in (model.conv1, model.conv2))
+    parts = [("stem", model.forward_stem, [model.conv1, model.bn1, model.conv2, model.bn2], stem, 1),
+             ("layer1", model.forward_layer1, [model.layer1], _block_structure(model.layer1[0]),
+              model.config.layers[0])]
+    for name, transition, stage, blocks in zip(model.stage_names, model.transitions, model.stages,
+                                               model.config.layers[1:]):
+        widths = "/".join(str(branch[0].conv1.out_channels) for branch in stage[0].branches)
+        structure = f"{len(stage)} x (branches {widths} wide, {len(stage[0].branches[0])} basic blocks each; fused)"
+        parts.append((name, functools.partial(model.forward_stage, transition, stage), [transition, stage],
+                      structure, blocks))
+    widened = "/".join(str(incre[0].conv3.out_channels) for incre in model.incre_modules)
+    classes = model.config.num_classes
+    head = (f"bottlenecks to {widened}, merged by 3x3/2 convs; 1x1, {model.num_features}; avg-pool"
+            + (f", fc {model.num_features}->{classes}" if classes else ""))
+    parts.append(("head", lambda branches: model.forward_head(model.forward_aggregate(branches)),
+                  [model.incre_modules, model.downsamp_modules, model.final_layer, model.classifier], head, 1))
+    return parts
+
+
+def _channels(x: torch.Tensor | list[torch.Tensor]) -> int:
+    return sum(branch.shape[1] for branch in x) if isinstance(x, list) else x.shape[1]
 
 
 @contextlib.contextmanager
@@ -127,16 +161,36 @@ def _conv_text(conv: nn.Module) -> str:
 def _stem_structure(model: ResNet) -> str:
     convs = [module for module in model.conv1.modules() if isinstance(module, nn.Conv2d)]  # a deep stem has 3
     text = "; ".join(_conv_text(conv) for conv in convs)
-    return text + "; max-pool 3x3, /2" if model.maxpool is not None else text
+    config = model.config
+    if model.maxpool is None:
+        return text
+    if config.replace_stem_pool:
+        pool = "conv 3x3" + (f", {config.aa} pool" if config.aa else "")
+    else:
+        pool = {None: "max-pool 3x3", "blur": "max-pool 3x3, blur pool", "avg": "avg-pool 2x2"}[config.aa]
+    return f"{text}; {pool}, /2"
+
+
+def _selective_kernel_text(kernel: SelectiveKernel) -> str:
+    return "selective kernel (" + " | ".join(f"{_conv_text(path.conv)}, dilation {path.conv.dilation[0]}"
+                                             for path in kernel.paths) + ")"
 
 
 def _block_structure(block: nn.Module) -> str:
     convs = [getattr(block, name) for name in ("conv1", "conv2", "conv3") if hasattr(block, name)]
-    text = "[" + "; ".join(_conv_text(conv) for conv in convs) + "]"
+    texts = [_selective_kernel_text(conv) if isinstance(conv, SelectiveKernel)
+             else _conv_text(conv.conv if isinstance(conv, (SplitAttention, ConvNorm)) else conv) for conv in convs]
+    if isinstance(block, Res2NetBottleneck):
+        texts.insert(1, f"{len(block.convs)} x {_conv_text(block.convs[0])}")
+    if isinstance(block, ResNeStBottleneck):
+        texts[1] += f", split attention (radix {block.conv2.radix})"
+    text = "[" + "; ".join(texts) + "]"
     if block.preact:
         text = "pre-act " + text
+    if getattr(block, "aa", None) is not None:
+        text += f" + {'blur' if isinstance(block.aa, BlurPool) else 'avg'} pool /2"
     if getattr(block, "se", None) is not None:
-        text += " + SE"
+        text += " + SE" if isinstance(block.se, SqueezeExcite) else " + ECA"
     return text
 
 

@@ -75,6 +75,7 @@ class ResNetFeatures(nn.Module):
 
     # The classifier's forward pieces; they read only the modules kept above.
     forward_stem = ResNet.forward_stem
+    forward_stem_activation = ResNet.forward_stem_activation
     forward_stage = ResNet.forward_stage
     forward_final_norm = ResNet.forward_final_norm
     set_grad_checkpointing = ResNet.set_grad_checkpointing

@@ -23,8 +23,9 @@ from ..errors import ConfigError
 from ..image_input import check_reads_image_files
 from ..deployed import DeployedModel, load_deployed, model_file_format
 from ..export import read_export_metadata
-from ..models import ResNet, ResNetConfig, create_model, load_model
-from ..models.registry import model_config
+from ..models import HRNetConfig, ResNetConfig, create_model, load_model
+from ..models.registry import build_model, model_config
+from ..models.weights import config_from_metadata
 from ..inference import optimize
 from .hardware import cpu_peak, torch_threads
 from .measure import measure
@@ -154,7 +155,7 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
                     (measured if measured is not None else create_model(name).eval()).to(target)
                 loader = _eval_loader(model, data) if data is not None else None
                 with torch.device("meta"):  # the checkpoint's own config: a pruned net has its own widths
-                    shapes_only = ResNet(_config_of(model, checkpoint))
+                    shapes_only = build_model(_config_of(model, checkpoint))
                 references = {label: libraries[label].build(name).eval().to(target) for label in comparisons[name]}
                 for size in input_sizes or [model.preprocessing.input_size]:
                     macs = count_macs(shapes_only, size)
@@ -222,9 +223,9 @@ def _as_it_is(model: DeployedModel, params: int) -> _Setting:
                     holds_our_weights=True)
 
 
-def _config_of(model, checkpoint: str | None) -> ResNetConfig:
+def _config_of(model, checkpoint: str | None) -> ResNetConfig | HRNetConfig:
     if isinstance(model, DeployedModel):
-        return ResNetConfig(**read_export_metadata(checkpoint)["config"])
+        return config_from_metadata(read_export_metadata(checkpoint), checkpoint)
     return model.config
 
 

@@ -31,7 +31,7 @@ from ..export import export_model, read_export_metadata
 from ..image_input import check_reads_image_files
 from ..models import ResNet, load_model, save_weights
 from .int8_target import check_int8_target, int8_layout, speed_note
-from .prune import CHANNEL_MULTIPLE, check_budget, prune_model, recalibrate_batch_norm, width_options
+from .prune import CHANNEL_MULTIPLE, check_budget, prunable, prune_model, recalibrate_batch_norm, width_options
 from .quantize import RUNTIME_NAMES, calibration_batches, int8_backend, quantize_model, write_fp32_reference
 
 logger = logging.getLogger("resnetlab")
@@ -139,6 +139,8 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
         raise ConfigError(f"{out} already holds a compression report; choose another --out")
     original = load_model(checkpoint).eval()
     check_reads_image_files(original.config.in_chans)  # every step measures top-1 on image files
+    if "prune" in steps:
+        prunable(original, settings.keep_stream)  # before the training images are read
     batches = _training_batches(original, data) if "prune" in steps else None  # before any long work
     macs = count_macs(original)  # changes only with the architecture: INT8 and export keep the arithmetic
     records = [measure_file("original", checkpoint, data, macs)]

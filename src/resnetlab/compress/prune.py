@@ -77,7 +77,13 @@ class StreamTensor:
 
 def prunable(model: ResNet, keep_stream: bool) -> None:
     """Refuse, in one sentence, the architectures whose channels cannot simply be sliced."""
+    if not isinstance(model, ResNet):
+        raise ConfigError(f"pruning is for ResNets, and {model.arch} is an HRNet: its fusion layers tie every "
+                          "branch's channels to the others' (not supported)")
     config = model.config
+    if config.block not in STREAM_WRITERS:
+        raise ConfigError(f"pruning {config.block} blocks is not supported: their 3x3 is split into parts whose "
+                          "channels would have to go together")
     if config.deformable_stages:
         raise ConfigError("pruning deformable models is not supported: their offset convolutions read the "
                           "inner channels too")
@@ -85,8 +91,18 @@ def prunable(model: ResNet, keep_stream: bool) -> None:
         raise ConfigError(f"pruning grouped convolutions (ResNeXt, groups={config.groups}) is not supported: "
                           "channels would have to go a whole group at a time")
     if config.attention is not None and not keep_stream:
-        raise ConfigError("pruning the residual stream of squeeze-excite models is not supported (their "
-                          "attention widths follow it); leave out --prune-stream to prune inner channels only")
+        raise ConfigError(f"pruning the residual stream of {config.attention.upper()} attention models is not "
+                          "supported (their attention mixes the stream's channels); leave out --prune-stream to "
+                          "prune inner channels only")
+    if config.block_reduce_first != 1 or config.first_channels is not None:
+        raise ConfigError("pruning networks whose first 1x1s have widths of their own (SENet-154, timm's pruned "
+                          "ECA nets) is not supported: prune keeps one inner width per block")
+    if config.norm != "batch":
+        raise ConfigError(f"pruning {config.norm} norm models is not supported: group norm needs every width "
+                          "to stay a multiple of its 32 groups")
+    if config.replace_stem_pool and not keep_stream:
+        raise ConfigError("pruning the residual stream of ResNet-RS models is not supported (their stem pool "
+                          "is a convolution on it); leave out --prune-stream to prune inner channels only")
 
 
 def pruned_config(config: ResNetConfig, keep: float, keep_stream: bool, multiple: int = 1) -> ResNetConfig:

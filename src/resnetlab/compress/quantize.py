@@ -111,7 +111,7 @@ def check_backend(backend: str, out: Path, model: ResNet | None = None) -> None:
         kind = "a TorchScript" if backend == "x86" else "an ONNX"
         raise ConfigError(f"--backend {backend} writes {kind} file: give --out a path ending in "
                           f"{BACKENDS[backend]}, not {out.name}")
-    if model is not None and model.config.deformable_stages:
+    if isinstance(model, ResNet) and model.config.deformable_stages:  # an HRNet has no deformable convs
         raise ConfigError("INT8 quantization has no kernels or converter for torchvision's deform_conv2d; "
                           "deploy a deformable model in fp32 (resnetlab export)")
 

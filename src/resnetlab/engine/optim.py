@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..models.weights import classifier_name
+
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -11,15 +13,16 @@ def parameter_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: f
     """Split trainable parameters by weight decay and learning-rate scale.
 
     BN weights and all biases (``p.ndim <= 1``) get no weight decay: decaying them only
-    shrinks the normalisation scale. The classifier (``fc``) learns at the full lr and the
-    backbone at ``backbone_lr_scale`` times it, the usual fine-tuning split.
+    shrinks the normalisation scale. The classifier (``fc``; an HRNet's ``classifier``) learns at
+    the full lr and the backbone at ``backbone_lr_scale`` times it, the usual fine-tuning split.
     """
+    head = f"{classifier_name(model)}."
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         decay = weight_decay if param.ndim > 1 else 0.0
-        scale = 1.0 if name.startswith("fc.") else backbone_lr_scale
+        scale = 1.0 if name.startswith(head) else backbone_lr_scale
         groups.setdefault((decay, scale), []).append(param)
     return [dict(params=params, weight_decay=decay, lr_scale=scale)
             for (decay, scale), params in groups.items()]

@@ -6,6 +6,8 @@ arguments; the ResNet computes all widths up front and passes them in.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,17 +15,27 @@ from torchvision.ops import DeformConv2d, StochasticDepth
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
-            deformable: bool = False) -> nn.Module:
+            deformable: bool = False, dilation: int = 1) -> nn.Module:
     if deformable:
-        return DeformableConv3x3(in_channels, out_channels, stride=stride, groups=groups)
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=False)
+        return DeformableConv3x3(in_channels, out_channels, stride=stride, groups=groups, dilation=dilation)
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation,
+                     groups=groups, bias=False)
 
 
 def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
-def deep_stem(in_channels: int, width: int, out_channels: int, tiered: bool = False) -> nn.Sequential:
+NORMS = ("batch", "group")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm, or GroupNorm of 32 groups (Wu & He, ECCV 2018), which does not depend on the batch."""
+    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(32, channels)
+
+
+def deep_stem(in_channels: int, width: int, out_channels: int, tiered: bool = False,
+              norm: str = "batch") -> nn.Sequential:
     """Three 3x3 convolutions in place of the 7x7, the first at stride 2 (ResNet-C, He et al. 2019).
 
     ``tiered`` narrows the first to 3/4 of ``width`` (timm's ResNet-T). The last conv's BN and ReLU
@@ -31,8 +43,8 @@ def deep_stem(in_channels: int, width: int, out_channels: int, tiered: bool = Fa
     """
     first = 3 * (width // 4) if tiered else width
     return nn.Sequential(
-        nn.Conv2d(in_channels, first, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(first), nn.ReLU(inplace=True),
-        nn.Conv2d(first, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, first, 3, stride=2, padding=1, bias=False), norm_layer(norm, first), nn.ReLU(inplace=True),
+        nn.Conv2d(first, width, 3, padding=1, bias=False), norm_layer(norm, width), nn.ReLU(inplace=True),
         nn.Conv2d(width, out_channels, 3, padding=1, bias=False))
 
 
@@ -43,9 +55,10 @@ class DeformableConv3x3(DeformConv2d):
     and pretrained 3x3 weights keep their meaning (``weight`` has the plain conv's shape).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1):
-        super().__init__(in_channels, out_channels, 3, stride=stride, padding=1, groups=groups, bias=False)
-        self.offset = nn.Conv2d(in_channels, 2 * 3 * 3, 3, stride=stride, padding=1)
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, dilation: int = 1):
+        super().__init__(in_channels, out_channels, 3, stride=stride, padding=dilation, dilation=dilation,
+                         groups=groups, bias=False)
+        self.offset = nn.Conv2d(in_channels, 2 * 3 * 3, 3, stride=stride, padding=dilation, dilation=dilation)
         self.reset_offsets()
 
     def reset_offsets(self) -> None:
@@ -72,6 +85,68 @@ class SqueezeExcite(nn.Module):
         return x * scale.sigmoid()
 
 
+class EfficientChannelAttention(nn.Module):
+    """ECA (Wang et al., CVPR 2020): channel attention from a 1-D convolution across the pooled
+    channels, in place of SE's two fully connected layers. Names and kernel sizes match timm's ``EcaModule``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        # The paper's adaptive kernel: the odd size nearest (log2(C) + 1) / 2, at least 3.
+        size = int(abs(math.log2(channels) + 1) / 2)
+        size = max(size if size % 2 else size + 1, 3)
+        self.conv = nn.Conv1d(1, 1, size, padding=(size - 1) // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean((2, 3)).view(x.shape[0], 1, -1)
+        return x * self.conv(pooled).sigmoid().view(x.shape[0], -1, 1, 1)
+
+
+ATTENTIONS = (None, "se", "eca")
+
+
+def attention_module(kind: str | None, channels: int, se_reduction: int = 16) -> nn.Module | None:
+    if kind == "se":
+        return SqueezeExcite(channels, se_reduction)
+    return EfficientChannelAttention(channels) if kind == "eca" else None
+
+
+class BlurPool(nn.Module):
+    """Anti-aliased downsampling (Zhang, ICML 2019): a 3x3 binomial blur, then every ``stride``-th pixel,
+    as timm's ``BlurPool2d`` (reflect padding, a depthwise conv). The filter is made in ``forward``
+    rather than kept as a buffer: nothing to save, and nothing left unset when a model is built on the
+    meta device and filled from a state dict."""
+
+    def __init__(self, channels: int, stride: int = 2):
+        super().__init__()
+        self.channels, self.stride = channels, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        taps = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+        weight = (taps[:, None] * taps[None, :]).expand(self.channels, 1, 3, 3)
+        return F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), weight, stride=self.stride, groups=self.channels)
+
+
+class SamePadAvgPool(nn.Module):
+    """A 2x2 average at stride 1 with the missing row and column zero-padded: timm's ``AvgPool2dSame``
+    in a ResNet-D shortcut whose stride became a dilation (output_stride 8 or 16)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(F.pad(x, (0, 1, 0, 1)), 2, stride=1)
+
+
+ANTI_ALIASING = (None, "blur", "avg")
+
+
+def anti_alias(kind: str | None, stride: int, channels: int) -> nn.Module | None:
+    """The pool that takes a strided conv's stride when ``kind`` is set (the conv then runs at stride 1):
+    a blur pool, or a ``stride``-wide average pool (timm's ``aa_layer=nn.AvgPool2d``)."""
+    if kind == "blur":
+        return BlurPool(channels, stride)
+    # Rounding up, as every other strided layer here: the same as timm's pool on even maps, and on odd
+    # ones the branch still meets its shortcut (timm's shapes differ there and the sum fails).
+    return nn.AvgPool2d(stride, ceil_mode=True, count_include_pad=False) if kind == "avg" and stride > 1 else None
+
+
 class ZeroPadShortcut(nn.Module):
     """Parameter-free shortcut of the CIFAR ResNets (He et al. 2016, option A).
 
@@ -93,22 +168,39 @@ def _drop_path(rate: float) -> nn.Module | None:
     return StochasticDepth(rate, mode="row") if rate > 0 else None
 
 
+BLOCK_OPTIONS = """Every block takes the same options: ``mid_channels`` is the 3x3's width, ``first_channels`` a
+    bottleneck's first 1x1 width where it differs (SENet-154, pruned nets); ``attention`` a module applied
+    to the branch's output; ``aa`` moves a stride onto an anti-aliasing pool after the strided conv's
+    activation (timm's ``aa_layer``); ``dilation`` is the stage's and ``first_dilation`` the one the
+    block's first 3x3 keeps from the stage before (output_stride 8 or 16)."""
+
+
+def _uses_anti_aliasing(aa: str | None, stride: int, dilation: int, first_dilation: int) -> bool:
+    return aa is not None and (stride > 1 or first_dilation != dilation)
+
+
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR ResNets)."""
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR ResNets). See ``BLOCK_OPTIONS``."""
 
     expansion = 1
     preact = False
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1,
                  shortcut: nn.Module | None = None, groups: int = 1, stride_in_1x1: bool = False,
-                 attention: str | None = None, deformable: bool = False, drop_path: float = 0.0):
+                 attention: nn.Module | None = None, deformable: bool = False, drop_path: float = 0.0,
+                 first_channels: int | None = None, aa: str | None = None, norm: str = "batch",
+                 dilation: int = 1, first_dilation: int | None = None):
         super().__init__()
-        self.conv1 = conv3x3(in_channels, mid_channels, stride, deformable=deformable)
-        self.bn1 = nn.BatchNorm2d(mid_channels)
+        first_dilation = first_dilation or dilation
+        use_aa = _uses_anti_aliasing(aa, stride, dilation, first_dilation)
+        self.conv1 = conv3x3(in_channels, mid_channels, 1 if use_aa else stride, deformable=deformable,
+                             dilation=first_dilation)
+        self.bn1 = norm_layer(norm, mid_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(mid_channels, out_channels, deformable=deformable)
-        self.bn2 = nn.BatchNorm2d(out_channels)
-        self.se = SqueezeExcite(out_channels) if attention == "se" else None
+        self.aa = anti_alias(aa, stride, mid_channels) if use_aa else None
+        self.conv2 = conv3x3(mid_channels, out_channels, deformable=deformable, dilation=dilation)
+        self.bn2 = norm_layer(norm, out_channels)
+        self.se = attention
         self.downsample = shortcut
         self.drop_path = _drop_path(drop_path)
 
@@ -119,6 +211,8 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
+        if self.aa is not None:
+            out = self.aa(out)
         out = self.bn2(self.conv2(out))
         if self.se is not None:
             out = self.se(out)
@@ -133,6 +227,7 @@ class Bottleneck(nn.Module):
 
     The stride sits on the 3x3 convolution (ResNet v1.5, as torchvision and NVIDIA do; about
     +0.5 top-1 over v1). ``stride_in_1x1=True`` moves it to the first 1x1 as in the original paper.
+    See ``BLOCK_OPTIONS`` for the rest.
     """
 
     expansion = 4
@@ -140,17 +235,23 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1,
                  shortcut: nn.Module | None = None, groups: int = 1, stride_in_1x1: bool = False,
-                 attention: str | None = None, deformable: bool = False, drop_path: float = 0.0):
+                 attention: nn.Module | None = None, deformable: bool = False, drop_path: float = 0.0,
+                 first_channels: int | None = None, aa: str | None = None, norm: str = "batch",
+                 dilation: int = 1, first_dilation: int | None = None):
         super().__init__()
-        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = conv1x1(in_channels, mid_channels, stride_1x1)
-        self.bn1 = nn.BatchNorm2d(mid_channels)
-        self.conv2 = conv3x3(mid_channels, mid_channels, stride_3x3, groups, deformable)
-        self.bn2 = nn.BatchNorm2d(mid_channels)
+        first_channels = first_channels or mid_channels
+        first_dilation = first_dilation or dilation
+        use_aa = _uses_anti_aliasing(aa, stride, dilation, first_dilation)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, 1 if use_aa else stride)
+        self.conv1 = conv1x1(in_channels, first_channels, stride_1x1)
+        self.bn1 = norm_layer(norm, first_channels)
+        self.conv2 = conv3x3(first_channels, mid_channels, stride_3x3, groups, deformable, first_dilation)
+        self.bn2 = norm_layer(norm, mid_channels)
+        self.aa = anti_alias(aa, stride, mid_channels) if use_aa else None
         self.conv3 = conv1x1(mid_channels, out_channels)
-        self.bn3 = nn.BatchNorm2d(out_channels)
+        self.bn3 = norm_layer(norm, out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.se = SqueezeExcite(out_channels) if attention == "se" else None
+        self.se = attention
         self.downsample = shortcut
         self.drop_path = _drop_path(drop_path)
 
@@ -162,6 +263,8 @@ class Bottleneck(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
+        if self.aa is not None:
+            out = self.aa(out)
         out = self.bn3(self.conv3(out))
         if self.se is not None:
             out = self.se(out)
@@ -183,12 +286,15 @@ class PreActBasicBlock(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1,
                  shortcut: nn.Module | None = None, groups: int = 1, stride_in_1x1: bool = False,
-                 attention: str | None = None, deformable: bool = False, drop_path: float = 0.0):
+                 attention: nn.Module | None = None, deformable: bool = False, drop_path: float = 0.0,
+                 first_channels: int | None = None, aa: str | None = None, norm: str = "batch",
+                 dilation: int = 1, first_dilation: int | None = None):
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv1 = conv3x3(in_channels, mid_channels, stride, deformable=deformable)
-        self.bn2 = nn.BatchNorm2d(mid_channels)
-        self.conv2 = conv3x3(mid_channels, out_channels, deformable=deformable)
+        first_dilation = first_dilation or dilation
+        self.bn1 = norm_layer(norm, in_channels)
+        self.conv1 = conv3x3(in_channels, mid_channels, stride, deformable=deformable, dilation=first_dilation)
+        self.bn2 = norm_layer(norm, mid_channels)
+        self.conv2 = conv3x3(mid_channels, out_channels, deformable=deformable, dilation=dilation)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut
         self.drop_path = _drop_path(drop_path)
@@ -216,14 +322,17 @@ class PreActBottleneck(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1,
                  shortcut: nn.Module | None = None, groups: int = 1, stride_in_1x1: bool = False,
-                 attention: str | None = None, deformable: bool = False, drop_path: float = 0.0):
+                 attention: nn.Module | None = None, deformable: bool = False, drop_path: float = 0.0,
+                 first_channels: int | None = None, aa: str | None = None, norm: str = "batch",
+                 dilation: int = 1, first_dilation: int | None = None):
         super().__init__()
+        first_dilation = first_dilation or dilation
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.bn1 = norm_layer(norm, in_channels)
         self.conv1 = conv1x1(in_channels, mid_channels, stride_1x1)
-        self.bn2 = nn.BatchNorm2d(mid_channels)
-        self.conv2 = conv3x3(mid_channels, mid_channels, stride_3x3, groups, deformable)
-        self.bn3 = nn.BatchNorm2d(mid_channels)
+        self.bn2 = norm_layer(norm, mid_channels)
+        self.conv2 = conv3x3(mid_channels, mid_channels, stride_3x3, groups, deformable, first_dilation)
+        self.bn3 = norm_layer(norm, mid_channels)
         self.conv3 = conv1x1(mid_channels, out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = shortcut
@@ -245,9 +354,277 @@ class PreActBottleneck(nn.Module):
         return out
 
 
+class Res2NetBottleneck(nn.Module):
+    """The hierarchical bottleneck of Res2Net (Gao et al., TPAMI 2021): the first 1x1's output splits into
+    ``scale`` groups of ``mid_channels``; each 3x3 sees its split plus the previous 3x3's output, so the
+    block mixes several receptive fields. Layout of timm's ``Bottle2neck`` (``convs.N``, ``bns.N``). A
+    stage's first block convolves every split on its own and average-pools the last one (the original's
+    "stage" mode). ``scale`` is its own option (``ResNetConfig.block_options``); see ``BLOCK_OPTIONS``."""
+
+    expansion = 4
+    preact = False
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1,
+                 shortcut: nn.Module | None = None, groups: int = 1, stride_in_1x1: bool = False,
+                 attention: nn.Module | None = None, deformable: bool = False, drop_path: float = 0.0,
+                 first_channels: int | None = None, aa: str | None = None, norm: str = "batch",
+                 dilation: int = 1, first_dilation: int | None = None, scale: int = 4):
+        super().__init__()
+        first_dilation = first_dilation or dilation
+        self.width, self.scale = mid_channels, scale
+        first_channels = mid_channels * scale
+        self.is_first = stride > 1 or shortcut is not None
+        self.conv1 = conv1x1(in_channels, first_channels)
+        self.bn1 = norm_layer(norm, first_channels)
+        self.convs = nn.ModuleList(conv3x3(mid_channels, mid_channels, stride, groups, dilation=first_dilation)
+                                   for _ in range(max(1, self.scale - 1)))
+        self.bns = nn.ModuleList(norm_layer(norm, mid_channels) for _ in range(max(1, self.scale - 1)))
+        self.pool = nn.AvgPool2d(3, stride=stride, padding=1) if self.is_first else None
+        self.conv3 = conv1x1(first_channels, out_channels)
+        self.bn3 = norm_layer(norm, out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.se = attention
+        self.downsample = shortcut
+        self.drop_path = _drop_path(drop_path)
+
+    @property
+    def last_residual_layer(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        splits = torch.split(self.relu(self.bn1(self.conv1(x))), self.width, 1)
+        outputs = []
+        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
+            split = splits[i] if i == 0 or self.is_first else split + splits[i]
+            split = self.relu(bn(conv(split)))
+            outputs.append(split)
+        if self.scale > 1:
+            outputs.append(splits[-1] if self.pool is None else self.pool(splits[-1]))
+        out = self.bn3(self.conv3(torch.cat(outputs, 1)))
+        if self.se is not None:
+            out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        out += identity
+        return self.relu(out)
+
+
+class SplitAttention(nn.Module):
+    """Split attention of ResNeSt (Zhang et al., CVPR 2022 workshops): the grouped 3x3 runs ``radix``
+    times as wide, a softmax over the radix splits (per group; a sigmoid when radix is 1) weighs them
+    from the pooled sum. Names and widths of timm's ``SplitAttn``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, radix: int = 2,
+                 dilation: int = 1, norm: str = "batch"):
+        super().__init__()
+        self.radix, self.groups = radix, groups
+        # A quarter of the radix-wide input, to a multiple of 8, at least 32 (timm's make_divisible).
+        attention = max(32, int(in_channels * radix / 4 + 4) // 8 * 8)
+        attention += 8 if attention < 0.9 * in_channels * radix / 4 else 0
+        self.conv = nn.Conv2d(in_channels, out_channels * radix, 3, stride, padding=dilation, dilation=dilation,
+                              groups=groups * radix, bias=False)
+        self.bn0 = norm_layer(norm, out_channels * radix)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc1 = nn.Conv2d(out_channels, attention, 1, groups=groups)
+        self.bn1 = norm_layer(norm, attention)
+        self.fc2 = nn.Conv2d(attention, out_channels * radix, 1, groups=groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn0(self.conv(x)))
+        batch = x.shape[0]
+        if self.radix > 1:
+            x = x.reshape(batch, self.radix, x.shape[1] // self.radix, x.shape[2], x.shape[3])
+            pooled = x.sum(dim=1).mean((2, 3), keepdim=True)
+        else:
+            pooled = x.mean((2, 3), keepdim=True)
+        logits = self.fc2(self.relu(self.bn1(self.fc1(pooled))))
+        if self.radix == 1:
+            return x * logits.sigmoid()
+        weights = logits.view(batch, self.groups, self.radix, -1).transpose(1, 2).softmax(dim=1)
+        return (x * weights.reshape(batch, self.radix, -1, 1, 1)).sum(dim=1)
+
+
+class ResNeStBottleneck(nn.Module):
+    """The ResNeSt bottleneck: split attention as its 3x3, and a strided block's stride on a 3x3 average
+    pool after it (before it with ``avd_first``), as timm's ``ResNestBottleneck``. ``radix`` and
+    ``avd_first`` are its own options (``ResNetConfig.block_options``); see ``BLOCK_OPTIONS``."""
+
+    expansion = 4
+    preact = False
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1,
+                 shortcut: nn.Module | None = None, groups: int = 1, stride_in_1x1: bool = False,
+                 attention: nn.Module | None = None, deformable: bool = False, drop_path: float = 0.0,
+                 first_channels: int | None = None, aa: str | None = None, norm: str = "batch",
+                 dilation: int = 1, first_dilation: int | None = None, radix: int = 2, avd_first: bool = False):
+        super().__init__()
+        first_dilation = first_dilation or dilation
+        pool = nn.AvgPool2d(3, stride, padding=1) if stride > 1 else None
+        self.conv1 = conv1x1(in_channels, mid_channels)
+        self.bn1 = norm_layer(norm, mid_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.avd_first = pool if avd_first else None
+        self.conv2 = SplitAttention(mid_channels, mid_channels, groups=groups, radix=radix,
+                                    dilation=first_dilation, norm=norm)
+        self.avd_last = None if avd_first else pool
+        self.conv3 = conv1x1(mid_channels, out_channels)
+        self.bn3 = norm_layer(norm, out_channels)
+        self.downsample = shortcut
+        self.drop_path = _drop_path(drop_path)
+
+    @property
+    def last_residual_layer(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        if self.avd_first is not None:
+            out = self.avd_first(out)
+        out = self.conv2(out)
+        if self.avd_last is not None:
+            out = self.avd_last(out)
+        out = self.bn3(self.conv3(out))
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        out += identity
+        return self.relu(out)
+
+
+class ConvNorm(nn.Module):
+    """A conv, its norm and (``act``) a ReLU, under timm's ``ConvNormAct`` names (``conv``, ``bn``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, groups: int = 1,
+                 dilation: int = 1, norm: str = "batch", act: bool = True):
+        super().__init__()
+        padding = ((stride - 1) + dilation * (kernel_size - 1)) // 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias=False)
+        self.bn = norm_layer(norm, out_channels)
+        self.act = nn.ReLU(inplace=True) if act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(x))
+        return x if self.act is None else self.act(x)
+
+
+class SelectiveKernel(nn.Module):
+    """Selective kernel convolution (Li et al., CVPR 2019): a 3x3 and a dilated 3x3 (a 5x5's field) path,
+    mixed per channel by a softmax from their pooled sum. With ``split_input`` each path reads half the
+    input channels (timm's variant, fewer parameters). Names and widths of timm's ``SelectiveKernel``."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1, dilation: int = 1,
+                 reduction: int = 16, divisor: int = 8, split_input: bool = True, norm: str = "batch"):
+        super().__init__()
+        self.split = in_channels // 2 if split_input else None
+        path_in = self.split or in_channels
+        self.paths = nn.ModuleList(ConvNorm(path_in, out_channels, 3, stride, min(out_channels, groups), d, norm)
+                                   for d in (dilation, 2 * dilation))
+        attention = max(divisor, int(out_channels / reduction + divisor / 2) // divisor * divisor)
+        attention += divisor if attention < 0.9 * out_channels / reduction else 0
+        self.attn = SelectiveKernelAttention(out_channels, attention, norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        inputs = torch.split(x, self.split, 1) if self.split else (x, x)
+        paths = torch.stack([path(inputs[i]) for i, path in enumerate(self.paths)], dim=1)  # fx traces indexing
+        return (paths * self.attn(paths)).sum(dim=1)
+
+
+class SelectiveKernelAttention(nn.Module):
+    """The softmax over a selective kernel's two paths, from their pooled sum."""
+
+    def __init__(self, channels: int, attention_channels: int, norm: str = "batch"):
+        super().__init__()
+        self.fc_reduce = nn.Conv2d(channels, attention_channels, 1, bias=False)
+        self.bn = norm_layer(norm, attention_channels)
+        self.act = nn.ReLU(inplace=True)
+        self.fc_select = nn.Conv2d(attention_channels, channels * 2, 1, bias=False)
+
+    def forward(self, paths: torch.Tensor) -> torch.Tensor:
+        logits = self.fc_select(self.act(self.bn(self.fc_reduce(paths.sum(1).mean((2, 3), keepdim=True)))))
+        return logits.view(logits.shape[0], 2, -1, 1, 1).softmax(dim=1)
+
+
+class SelectiveKernelBasicBlock(nn.Module):
+    """timm's ``SelectiveKernelBasic``: a selective kernel conv, then a 3x3. See ``BLOCK_OPTIONS``; the
+    selective kernel's ``reduction``, ``divisor`` and ``split_input`` come as ``sk`` (``block_options``)."""
+
+    expansion = 1
+    preact = False
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1,
+                 shortcut: nn.Module | None = None, groups: int = 1, stride_in_1x1: bool = False,
+                 attention: nn.Module | None = None, deformable: bool = False, drop_path: float = 0.0,
+                 first_channels: int | None = None, aa: str | None = None, norm: str = "batch",
+                 dilation: int = 1, first_dilation: int | None = None, sk: dict | None = None):
+        super().__init__()
+        self.conv1 = SelectiveKernel(in_channels, mid_channels, stride, dilation=first_dilation or dilation, norm=norm,
+                                     **(sk or {}))
+        self.conv2 = ConvNorm(mid_channels, out_channels, 3, dilation=dilation, norm=norm, act=False)
+        self.se = attention
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = shortcut
+        self.drop_path = _drop_path(drop_path)
+
+    @property
+    def last_residual_layer(self) -> nn.Module:
+        return self.conv2.bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.conv2(self.conv1(x))
+        if self.se is not None:
+            out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        out += identity
+        return self.relu(out)
+
+
+class SelectiveKernelBottleneck(nn.Module):
+    """timm's ``SelectiveKernelBottleneck``: 1x1, a selective kernel conv in place of the 3x3, 1x1."""
+
+    expansion = 4
+    preact = False
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, stride: int = 1,
+                 shortcut: nn.Module | None = None, groups: int = 1, stride_in_1x1: bool = False,
+                 attention: nn.Module | None = None, deformable: bool = False, drop_path: float = 0.0,
+                 first_channels: int | None = None, aa: str | None = None, norm: str = "batch",
+                 dilation: int = 1, first_dilation: int | None = None, sk: dict | None = None):
+        super().__init__()
+        first_channels = first_channels or mid_channels
+        self.conv1 = ConvNorm(in_channels, first_channels, 1, norm=norm)
+        self.conv2 = SelectiveKernel(first_channels, mid_channels, stride, groups, first_dilation or dilation,
+                                     norm=norm, **(sk or {}))
+        self.conv3 = ConvNorm(mid_channels, out_channels, 1, norm=norm, act=False)
+        self.se = attention
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = shortcut
+        self.drop_path = _drop_path(drop_path)
+
+    @property
+    def last_residual_layer(self) -> nn.Module:
+        return self.conv3.bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.conv3(self.conv2(self.conv1(x)))
+        if self.se is not None:
+            out = self.se(out)
+        if self.drop_path is not None:
+            out = self.drop_path(out)
+        out += identity
+        return self.relu(out)
+
+
 BLOCKS: dict[str, type[nn.Module]] = {
     "basic": BasicBlock,
     "bottleneck": Bottleneck,
     "preact_basic": PreActBasicBlock,
     "preact_bottleneck": PreActBottleneck,
+    "res2net": Res2NetBottleneck,
+    "resnest": ResNeStBottleneck,
+    "sk_basic": SelectiveKernelBasicBlock,
+    "sk_bottleneck": SelectiveKernelBottleneck,
 }

@@ -3,6 +3,7 @@
 resnetlab's layout *is* torchvision's, and timm's ``resnet*``/``seresnet*``/``resnext*`` use
 it too, so those need no conversion. timm's pre-activation ``resnetv2_*`` models name things
 differently (``stem.conv``, ``stages.N.blocks.M``, ``norm``, a 1x1-conv head) and are mapped here.
+resnetlab's HRNet is named as timm's, so timm's ``hrnet_*`` state dicts need no conversion either.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 TORCHVISION = "torchvision"
 TIMM_RESNETV2 = "timm-resnetv2"
+TIMM_HRNET = "timm-hrnet"
 
 _TIMM_RESNETV2_RULES = [
     (re.compile(r"^stem\.conv\."), "conv1."),
@@ -29,6 +31,8 @@ _TIMM_RESNETV2_RULES = [
 def detect_layout(state: dict[str, torch.Tensor]) -> str:
     if "stem.conv.weight" in state and any(k.startswith("stages.") for k in state):
         return TIMM_RESNETV2
+    if "transition1.0.0.weight" in state:
+        return TIMM_HRNET
     return TORCHVISION
 
 

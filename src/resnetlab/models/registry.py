@@ -7,6 +7,7 @@ import fnmatch
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from .hrnet import HRNET_MODELS, HRNet, HRNetConfig
 from .resnet import ResNet, ResNetConfig
 
 if TYPE_CHECKING:
@@ -34,10 +35,29 @@ _C = dict(stem_type="deep", stem_width=32, stem_channels=64)
 _D = dict(_C, avg_down=True)
 _S = dict(stem_type="deep", stem_width=64, stem_channels=128)
 _T = dict(stem_type="deep_tiered", stem_width=32, stem_channels=64, avg_down=True)
+_E = dict(_S, avg_down=True)  # ResNeSt's "e": the S stem with average-pool shortcuts
 _RESNEXT_32X4D = dict(groups=32, width_per_group=4)
 _RESNEXT_32X8D = dict(groups=32, width_per_group=8)
 _RESNEXT_64X4D = dict(groups=64, width_per_group=4)
 _SE = dict(attention="se")
+_ECA = dict(attention="eca")
+# ResNet-RS (Bello et al. 2021): ResNet-D with a strided conv for the stem's pool and SE of a quarter width.
+_RS = dict(_D, replace_stem_pool=True, attention="se", se_reduction=4)
+# SENet-154 (Hu et al. 2018): a 128-wide deep stem, 3x3 strided shortcuts, first 1x1s half as wide.
+_SENET154 = dict(_S, groups=64, width_per_group=4, down_kernel_size=3, block_reduce_first=2, attention="se")
+# timm's ECA ResNet-Ds pruned by knapsack search (Aflalo et al. 2020, arXiv:2002.08258), per-block widths
+# read from timm's _pruned/*.txt: every 3x3 (mid), first 1x1 (first) and the stream after each stage.
+_ECA50D_PRUNED = dict(
+    stream_channels=(64, 19, 171, 818, 2022),
+    mid_channels=((18, 22, 35), (37, 80, 85, 87), (126, 232, 233, 235, 225, 239), (237, 500, 490)),
+    first_channels=((47, 52, 64), (85, 107, 120, 125), (198, 255, 256, 253, 256, 256), (492, 512, 512)))
+_ECA101D_PRUNED = dict(
+    stream_channels=(64, 26, 142, 278, 2042),
+    mid_channels=((25, 20, 27), (24, 49, 54, 78), (25, 160, 156, 176, 191, 175, 128, 154, 159, 97, 149, 181, 119,
+                                                    216, 201, 149, 141, 190, 217, 156, 155, 232, 214), (289, 512, 502)),
+    first_channels=((45, 53, 60), (81, 93, 102, 122), (101, 239, 234, 250, 253, 251, 230, 244, 244, 238, 244, 253,
+                                                        245, 255, 256, 253, 254, 256, 256, 255, 256, 256, 256),
+                    (499, 512, 512)))
 _18, _26, _34, _50, _101, _152, _200 = (2, 2, 2, 2), (2, 2, 2, 2), (3, 4, 6, 3), (3, 4, 6, 3), (3, 4, 23, 3), \
     (3, 8, 36, 3), (3, 24, 36, 3)
 
@@ -97,6 +117,63 @@ MODELS: dict[str, ResNetConfig] = {
     "seresnext101_32x8d": ResNetConfig(layers=_101, **_RESNEXT_32X8D, **_SE),
     "seresnext101d_32x8d": ResNetConfig(layers=_101, **_RESNEXT_32X8D, **_D, **_SE),
     "seresnext101_64x4d": ResNetConfig(layers=_101, **_RESNEXT_64X4D, **_SE),
+    "senet154": ResNetConfig(layers=_152, **_SENET154),
+    "resnet50_gn": ResNetConfig(layers=_50, norm="group"),
+    "ecaresnetlight": ResNetConfig(layers=(1, 1, 11, 3), avg_down=True, **_ECA),
+    "ecaresnet26t": ResNetConfig(layers=_26, **_T, **_ECA),
+    "ecaresnet50d": ResNetConfig(layers=_50, **_D, **_ECA),
+    "ecaresnet50d_pruned": ResNetConfig(layers=_50, **_D, **_ECA, **_ECA50D_PRUNED),
+    "ecaresnet50t": ResNetConfig(layers=_50, **_T, **_ECA),
+    "ecaresnet101d": ResNetConfig(layers=_101, **_D, **_ECA),
+    "ecaresnet101d_pruned": ResNetConfig(layers=_101, **_D, **_ECA, **_ECA101D_PRUNED),
+    "ecaresnet200d": ResNetConfig(layers=_200, **_D, **_ECA),
+    "ecaresnet269d": ResNetConfig(layers=(3, 30, 48, 8), **_D, **_ECA),
+    "ecaresnext26t_32x4d": ResNetConfig(layers=_26, **_RESNEXT_32X4D, **_T, **_ECA),
+    "ecaresnext50t_32x4d": ResNetConfig(layers=_50, **_RESNEXT_32X4D, **_T, **_ECA),
+    "resnetblur18": ResNetConfig(block="basic", layers=_18, aa="blur"),
+    "resnetblur50": ResNetConfig(layers=_50, aa="blur"),
+    "resnetblur50d": ResNetConfig(layers=_50, **_D, aa="blur"),
+    "resnetblur101d": ResNetConfig(layers=_101, **_D, aa="blur"),
+    "resnetaa34d": ResNetConfig(block="basic", layers=_34, **_D, aa="avg"),
+    "resnetaa50": ResNetConfig(layers=_50, aa="avg"),
+    "resnetaa50d": ResNetConfig(layers=_50, **_D, aa="avg"),
+    "resnetaa101d": ResNetConfig(layers=_101, **_D, aa="avg"),
+    "seresnetaa50d": ResNetConfig(layers=_50, **_D, aa="avg", **_SE),
+    "seresnextaa101d_32x8d": ResNetConfig(layers=_101, **_RESNEXT_32X8D, **_D, aa="avg", **_SE),
+    "seresnextaa201d_32x8d": ResNetConfig(layers=(3, 24, 36, 4), **_RESNEXT_32X8D, **_S, avg_down=True, aa="avg",
+                                          **_SE),
+    "res2net50_26w_4s": ResNetConfig(block="res2net", layers=_50, width_per_group=26, res2net_scale=4),
+    "res2net50_26w_6s": ResNetConfig(block="res2net", layers=_50, width_per_group=26, res2net_scale=6),
+    "res2net50_26w_8s": ResNetConfig(block="res2net", layers=_50, width_per_group=26, res2net_scale=8),
+    "res2net50_48w_2s": ResNetConfig(block="res2net", layers=_50, width_per_group=48, res2net_scale=2),
+    "res2net50_14w_8s": ResNetConfig(block="res2net", layers=_50, width_per_group=14, res2net_scale=8),
+    "res2net101_26w_4s": ResNetConfig(block="res2net", layers=_101, width_per_group=26, res2net_scale=4),
+    "res2next50": ResNetConfig(block="res2net", layers=_50, groups=8, width_per_group=4, res2net_scale=4),
+    "res2net50d": ResNetConfig(block="res2net", layers=_50, **_D, width_per_group=26, res2net_scale=4),
+    "res2net101d": ResNetConfig(block="res2net", layers=_101, **_D, width_per_group=26, res2net_scale=4),
+    "resnest14d": ResNetConfig(block="resnest", layers=(1, 1, 1, 1), **_D),
+    "resnest26d": ResNetConfig(block="resnest", layers=_26, **_D),
+    "resnest50d": ResNetConfig(block="resnest", layers=_50, **_D),
+    "resnest101e": ResNetConfig(block="resnest", layers=_101, **_E),
+    "resnest200e": ResNetConfig(block="resnest", layers=_200, **_E),
+    "resnest269e": ResNetConfig(block="resnest", layers=(3, 30, 48, 8), **_E),
+    "resnest50d_4s2x40d": ResNetConfig(block="resnest", layers=_50, **_D, groups=2, width_per_group=40, radix=4,
+                                       avd_first=True),
+    "resnest50d_1s4x24d": ResNetConfig(block="resnest", layers=_50, **_D, groups=4, width_per_group=24, radix=1,
+                                       avd_first=True),
+    "skresnet18": ResNetConfig(block="sk_basic", layers=_18, sk_reduction=8, sk_divisor=16),
+    "skresnet34": ResNetConfig(block="sk_basic", layers=_34, sk_reduction=8, sk_divisor=16),
+    "skresnet50": ResNetConfig(block="sk_bottleneck", layers=_50),
+    "skresnet50d": ResNetConfig(block="sk_bottleneck", layers=_50, **_D),
+    "skresnext50_32x4d": ResNetConfig(block="sk_bottleneck", layers=_50, **_RESNEXT_32X4D, sk_reduction=16,
+                                      sk_divisor=32, sk_split_input=False),
+    "resnetrs50": ResNetConfig(layers=_50, **_RS),
+    "resnetrs101": ResNetConfig(layers=_101, **_RS),
+    "resnetrs152": ResNetConfig(layers=_152, **_RS),
+    "resnetrs200": ResNetConfig(layers=_200, **_RS),
+    "resnetrs270": ResNetConfig(layers=(4, 29, 53, 4), **_RS),
+    "resnetrs350": ResNetConfig(layers=(4, 36, 72, 4), **_RS),
+    "resnetrs420": ResNetConfig(layers=(4, 44, 87, 4), **_RS),
     "cifar_resnet20": _cifar_resnet(20),
     "cifar_resnet32": _cifar_resnet(32),
     "cifar_resnet44": _cifar_resnet(44),
@@ -115,6 +192,7 @@ ALIASES: dict[str, str] = {
 }
 
 _OPTIONS = tuple(field.name for field in dataclasses.fields(ResNetConfig) if field.name != "num_classes")
+_HRNET_OPTIONS = tuple(field.name for field in dataclasses.fields(HRNetConfig) if field.name != "num_classes")
 
 
 def list_models(pattern: str | None = None, aliases: bool = False) -> list[str]:
@@ -123,7 +201,7 @@ def list_models(pattern: str | None = None, aliases: bool = False) -> list[str]:
     ``aliases=True`` adds the other names some networks go by (``ALIASES``: timm's ``seresnet50``
     for ``se_resnet50``, ...); ``alias_of`` tells which network each one builds.
     """
-    names = list(MODELS) + (list(ALIASES) if aliases else [])
+    names = list(MODELS) + list(HRNET_MODELS) + (list(ALIASES) if aliases else [])
     return names if pattern is None else [n for n in names if fnmatch.fnmatch(n, pattern)]
 
 
@@ -141,31 +219,38 @@ def canonical_name(name: str) -> str:
     return ALIASES.get(name, name)
 
 
-def model_config(name: str, num_classes: int | None = None, **options) -> ResNetConfig:
+def model_config(name: str, num_classes: int | None = None, **options) -> ResNetConfig | HRNetConfig:
     """The config of a registered architecture (or alias) with ``options`` applied, validated."""
     name = canonical_name(name)
-    if name not in MODELS:
-        close = difflib.get_close_matches(name, [*MODELS, *ALIASES], n=3)
+    if name not in MODELS and name not in HRNET_MODELS:
+        close = difflib.get_close_matches(name, [*MODELS, *HRNET_MODELS, *ALIASES], n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise ConfigError(f"unknown model {name!r}{hint} (`resnetlab models` lists them all)")
-    unknown = sorted(set(options) - set(_OPTIONS))
+    valid = _HRNET_OPTIONS if name in HRNET_MODELS else _OPTIONS
+    unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)} for {name}; "
-                          f"valid options: {', '.join(_OPTIONS)}")
+                          f"valid options: {', '.join(valid)}")
     if num_classes is not None:
         options["num_classes"] = num_classes
-    return dataclasses.replace(MODELS[name], **options)
+    return dataclasses.replace(HRNET_MODELS[name] if name in HRNET_MODELS else MODELS[name], **options)
+
+
+def build_model(config: ResNetConfig | HRNetConfig, arch: str = "custom") -> ResNet | HRNet:
+    """The network ``config`` describes, randomly initialised: an ``HRNet`` for an ``HRNetConfig``."""
+    return HRNet(config, arch=arch) if isinstance(config, HRNetConfig) else ResNet(config, arch=arch)
 
 
 def create_model(name: str, num_classes: int | None = None, *, features_only: bool = False,
                  out_indices: tuple[int, ...] | None = None, frozen_stages: int | None = None,
-                 norm_eval: bool = False, **options) -> ResNet | ResNetFeatures:
-    """Build a registered ResNet, randomly initialised (He init; BN weight 1, bias 0).
+                 norm_eval: bool = False, **options) -> ResNet | HRNet | ResNetFeatures:
+    """Build a registered ResNet or HRNet, randomly initialised (He init; BN weight 1, bias 0).
 
     ``num_classes`` defaults to the architecture's own (1000 for ImageNet nets, 10 for the
     CIFAR nets); 0 gives a model that returns pooled embeddings. ``options`` are any
     ``ResNetConfig`` fields: ``in_chans``, ``zero_init_residual``, ``deformable``,
-    ``drop_path_rate``, ``groups``, ``width_per_group``, ``stride_in_1x1``, ``layers``, ...
+    ``drop_path_rate``, ``groups``, ``width_per_group``, ``stride_in_1x1``, ``layers``, ...;
+    an HRNet's are ``HRNetConfig`` fields (``widths``, ``modules``, ``blocks``, ...).
 
     ``features_only=True`` returns a ``ResNetFeatures`` backbone instead: its forward gives
     the feature maps at ``out_indices`` (0 the stem, 1..N the stages; default all stages),
@@ -177,7 +262,10 @@ def create_model(name: str, num_classes: int | None = None, *, features_only: bo
         if out_indices is not None or frozen_stages is not None or norm_eval:
             raise ConfigError("out_indices, frozen_stages and norm_eval shape a backbone; "
                               "pass features_only=True with them")
-        return ResNet(config, arch=name)
+        return build_model(config, arch=name)
+    if isinstance(config, HRNetConfig):
+        raise ConfigError(f"features_only is not available for HRNet ({name}) yet; build the classifier and hook "
+                          "the modules its feature_info names (act1, incre_modules.0 to 3)")
     # Imported here because resnetlab.backbones builds on this registry (fpn calls create_model).
     from ..backbones.features import ResNetFeatures, check_backbone_options
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -11,20 +12,22 @@ from torchvision.ops import DeformConv2d
 from ..config import check_types
 from ..errors import ConfigError
 from ..preprocessing import CIFAR10, IMAGENET, Preprocessing
-from .blocks import BLOCKS, DeformableConv3x3, ZeroPadShortcut, conv1x1, deep_stem
+from .blocks import (ANTI_ALIASING, ATTENTIONS, BLOCKS, NORMS, BlurPool, DeformableConv3x3, SamePadAvgPool,
+                     ZeroPadShortcut, anti_alias, attention_module, conv1x1, deep_stem, norm_layer)
 from .grad_checkpointing import checkpointed
 
 STEMS = ("imagenet", "cifar")
 STEM_TYPES = ("plain", "deep", "deep_tiered")
 SHORTCUTS = ("projection", "zero_pad")
-ATTENTIONS = (None, "se")
+OUTPUT_STRIDES = (8, 16, 32)
 
 
 @dataclass(frozen=True)
 class ResNetConfig:
     """Everything that defines a ResNet architecture. Saved beside weights, so it must stay plain data."""
 
-    block: str = "bottleneck"  # basic | bottleneck | preact_basic | preact_bottleneck
+    # basic | bottleneck | preact_basic | preact_bottleneck | res2net | resnest | sk_basic | sk_bottleneck
+    block: str = "bottleneck"
     layers: tuple[int, ...] = (3, 4, 6, 3)  # residual blocks per stage
     channels: tuple[int, ...] = (64, 128, 256, 512)  # per stage; a block outputs channels * expansion
     stem: str = "imagenet"  # imagenet: 7x7/2 conv + 3x3/2 max-pool; cifar: 3x3/1 conv
@@ -37,6 +40,11 @@ class ResNetConfig:
     # Projection shortcuts of ResNet-D: a 2x2 average pool takes the stride, then a 1x1 conv at
     # stride 1, so no activation is skipped by a strided 1x1 (Bag of Tricks).
     avg_down: bool = False
+    # The stem's max-pool becomes a 3x3/2 conv-BN-ReLU of the stem's width (ResNet-RS, Bello et al. 2021).
+    replace_stem_pool: bool = False
+    down_kernel_size: int = 1  # projection shortcuts' conv: 1, or 3 (SENet-154) where it strides
+    # A block's first conv is block_reduce_first times narrower than its 3x3 (SENet-154: 2).
+    block_reduce_first: int = 1
     shortcut: str = "projection"  # projection: 1x1 conv when shapes change (option B); zero_pad: option A
     groups: int = 1  # grouped 3x3 (ResNeXt cardinality)
     width_per_group: int = 64  # 3x3 width = channels * width_per_group / 64 * groups
@@ -45,8 +53,26 @@ class ResNetConfig:
     # The residual stream's width after the stem and after each stage; overrides stem_channels and
     # channels * expansion (pruned networks). The shortcuts keep the kinds those nominal widths give.
     stream_channels: tuple[int, ...] | None = None
+    # Per-block widths of a bottleneck's first 1x1, where they differ from its 3x3's (timm's pruned ECA nets).
+    first_channels: tuple[tuple[int, ...], ...] | None = None
     stride_in_1x1: bool = False  # True: original v1, stride on the first 1x1; False: v1.5
-    attention: str | None = None  # None | "se"
+    res2net_scale: int = 4  # block "res2net": the first 1x1's output splits into this many 3x3 inputs
+    radix: int = 2  # block "resnest": splits per group of its split-attention 3x3 (1: a sigmoid gate)
+    avd_first: bool = False  # block "resnest": a strided block pools before its 3x3 rather than after
+    # Blocks "sk_basic", "sk_bottleneck": the selective kernel's attention is 1/sk_reduction of its width,
+    # rounded to a multiple of sk_divisor; sk_split_input feeds each of its two paths half the channels.
+    sk_reduction: int = 16
+    sk_divisor: int = 8
+    sk_split_input: bool = True
+    attention: str | None = None  # None | "se" (squeeze-excite) | "eca" (efficient channel attention)
+    se_reduction: int = 16  # SE's bottleneck is 1/se_reduction of the channels (ResNet-RS: 4)
+    # Anti-aliasing (Zhang 2019): strided 3x3s and the stem pool run at stride 1, then a "blur" pool
+    # (a binomial filter) or an "avg" pool takes the stride; None keeps plain strides.
+    aa: str | None = None
+    norm: str = "batch"  # batch | group (GroupNorm, 32 groups)
+    # The input/output size ratio of the last stage: 16 or 8 turns the last strides into dilations,
+    # for dense prediction (torchvision's replace_stride_with_dilation); the weights are the same.
+    output_stride: int = 32
     # 3x3 convs that become deformable: True means every stage but the first (DCNv2 puts them
     # in conv3..conv5); or the 1-based stage numbers.
     deformable: bool | tuple[int, ...] = False
@@ -64,6 +90,8 @@ class ResNetConfig:
             object.__setattr__(self, "mid_channels", tuple(tuple(stage) for stage in self.mid_channels))
         if self.stream_channels is not None:
             object.__setattr__(self, "stream_channels", tuple(self.stream_channels))
+        if self.first_channels is not None:
+            object.__setattr__(self, "first_channels", tuple(tuple(stage) for stage in self.first_channels))
         if not isinstance(self.deformable, bool):
             object.__setattr__(self, "deformable", tuple(self.deformable))
         self._validate()
@@ -85,7 +113,23 @@ class ResNetConfig:
         if self.shortcut not in SHORTCUTS:
             fail(f"unknown shortcut {self.shortcut!r}; choose one of {', '.join(SHORTCUTS)}")
         if self.attention not in ATTENTIONS:
-            fail(f"unknown attention {self.attention!r}; choose None or 'se'")
+            fail(f"unknown attention {self.attention!r}; choose None, 'se' or 'eca'")
+        if self.aa not in ANTI_ALIASING:
+            fail(f"unknown aa {self.aa!r}; choose None, 'blur' or 'avg'")
+        if self.norm not in NORMS:
+            fail(f"unknown norm {self.norm!r}; choose one of {', '.join(NORMS)}")
+        if self.output_stride not in OUTPUT_STRIDES:
+            fail(f"output_stride must be 8, 16 or 32, not {self.output_stride}")
+        if self.output_stride != 32 and self.stem != "imagenet":
+            fail(f"output_stride applies to ImageNet-stem models; the {self.stem} stem keeps every stride")
+        if self.down_kernel_size not in (1, 3):
+            fail(f"down_kernel_size must be 1 or 3, not {self.down_kernel_size}")
+        if self.block_reduce_first < 1 or self.se_reduction < 1:
+            fail("block_reduce_first and se_reduction must be positive")
+        if (self.replace_stem_pool or self.aa is not None) and self.stem != "imagenet":
+            fail(f"replace_stem_pool and aa change the ImageNet stem's pool; the {self.stem} stem has none")
+        if self.aa is not None and self.stride_in_1x1:
+            fail("aa moves the 3x3's stride onto a pool; it cannot be combined with stride_in_1x1")
         if not self.layers or len(self.layers) != len(self.channels):
             fail(f"layers {list(self.layers)} and channels {list(self.channels)} must list the same "
                  "number of stages (at least one)")
@@ -96,14 +140,39 @@ class ResNetConfig:
                  "use a bottleneck block for ResNeXt or Wide ResNet")
         if self.groups < 1 or self.width_per_group < 1:
             fail("groups and width_per_group must be positive")
-        if self.block_type.preact and self.attention is not None:
-            fail("attention is not available for pre-activation blocks; use a post-activation block")
+        if self.block in ("res2net", "resnest") and (self.aa is not None or self.deformable_stages or self.stride_in_1x1
+                                                     or self.block_reduce_first != 1 or self.first_channels is not None):
+            fail(f"{self.block} blocks have a 3x3 of their own: aa, deformable, stride_in_1x1, block_reduce_first "
+                 "and first_channels are not available for them")
+        if self.block.startswith("sk_") and (self.aa is not None or self.deformable_stages or self.stride_in_1x1):
+            fail(f"{self.block} blocks have a 3x3 of their own: aa, deformable and stride_in_1x1 are not available "
+                 "for them")
+        if self.sk_reduction < 1 or self.sk_divisor < 1:
+            fail("sk_reduction and sk_divisor must be positive")
+        if self.block == "resnest" and self.attention is not None:
+            fail("resnest blocks have split attention already; leave attention None")
+        if self.res2net_scale < 2 or self.radix < 1:
+            fail("res2net_scale must be at least 2 and radix at least 1")
+        if self.block_type.preact and (self.attention is not None or self.aa is not None
+                                       or self.block_reduce_first != 1 or self.first_channels is not None):
+            fail("attention, aa, block_reduce_first and first_channels are not available for pre-activation "
+                 "blocks; use a post-activation block")
+        if self.first_channels is not None and (
+                self.block_type.expansion == 1 or tuple(len(stage) for stage in self.first_channels) != self.layers
+                or not all(w >= 1 for stage in self.first_channels for w in stage)):
+            fail(f"first_channels needs one positive width per bottleneck block: {list(self.layers)} per stage")
         if self.mid_channels is not None and (
                 tuple(len(stage) for stage in self.mid_channels) != self.layers
                 or not all(w >= 1 for stage in self.mid_channels for w in stage)):
             fail(f"mid_channels needs one positive whole width per block: {list(self.layers)} blocks per stage")
         if self.stream_channels is not None:
             self._validate_stream_channels(fail)
+        conv_groups = self.groups * (self.radix if self.block == "resnest" else 1)
+        if conv_groups > 1 and any(w % conv_groups for stage in range(len(self.layers))
+                                   for w in (*self.stage_mid_channels(stage), *self.stage_first_channels(stage))):
+            fail(f"the grouped 3x3's input and output widths must be multiples of its {conv_groups} groups")
+        if self.norm == "group" and any(c % 32 for c in self._every_norm_width()):
+            fail("norm 'group' splits channels into 32 groups; every width must be a multiple of 32")
         if self.in_chans < 1:
             fail(f"in_chans must be at least 1, not {self.in_chans}")
         if self.num_classes < 0:
@@ -114,6 +183,14 @@ class ResNetConfig:
         if bad_stages:
             fail(f"deformable stages {sorted(bad_stages)} do not exist; "
                  f"stages are numbered 1..{len(self.layers)}")
+
+    def _every_norm_width(self) -> list[int]:
+        widths = list(self.built_stream_channels)
+        if self.stem_type != "plain":
+            widths += [self.stem_width, 3 * (self.stem_width // 4) if self.stem_type == "deep_tiered" else 0]
+        for stage in range(len(self.layers)):
+            widths += [*self.stage_mid_channels(stage), *self.stage_first_channels(stage)]
+        return widths
 
     def _validate_stream_channels(self, fail) -> None:
         widths = self.stream_channels
@@ -155,11 +232,41 @@ class ResNetConfig:
         """Inner (3x3) width of every block of a 0-based stage."""
         if self.mid_channels is not None:
             return self.mid_channels[stage]
-        if self.block_type.expansion == 1:
-            width = self.channels[stage]
+        if self.block_type.expansion == 1:  # the 3x3 is the block's first conv
+            width = self.channels[stage] // self.block_reduce_first
         else:
             width = int(self.channels[stage] * (self.width_per_group / 64.0)) * self.groups
         return (width,) * self.layers[stage]
+
+    def stage_first_channels(self, stage: int) -> tuple[int, ...]:
+        """Width of every block's first conv in a 0-based stage: a bottleneck's 1x1, a basic block's 3x3."""
+        if self.first_channels is not None:
+            return self.first_channels[stage]
+        if self.block == "res2net":
+            return tuple(width * self.res2net_scale for width in self.stage_mid_channels(stage))
+        if self.block_type.expansion == 1:
+            return self.stage_mid_channels(stage)
+        return tuple(width // self.block_reduce_first for width in self.stage_mid_channels(stage))
+
+    def block_options(self) -> dict:
+        """The options only one block kind takes, for every block of the network."""
+        if self.block == "res2net":
+            return dict(scale=self.res2net_scale)
+        if self.block.startswith("sk_"):
+            return dict(sk=dict(reduction=self.sk_reduction, divisor=self.sk_divisor, split_input=self.sk_split_input))
+        return dict(radix=self.radix, avd_first=self.avd_first) if self.block == "resnest" else {}
+
+    def stage_strides(self) -> list[tuple[int, int]]:
+        """(stride, dilation) of each stage: where the output stride is reached, strides become dilations."""
+        reduction = 1 if self.stem == "cifar" else 4
+        dilation, strides = 1, []
+        for stage in range(len(self.layers)):
+            stride = 1 if stage == 0 else 2
+            if reduction >= self.output_stride:
+                dilation, stride = dilation * stride, 1
+            reduction *= stride
+            strides.append((stride, dilation))
+        return strides
 
     @property
     def nominal_stream_channels(self) -> tuple[int, ...]:
@@ -213,11 +320,11 @@ class ResNet(nn.Module):
             self.conv1 = nn.Conv2d(config.in_chans, config.stem_out_channels, 7, stride=2, padding=3, bias=False)
         else:
             self.conv1 = deep_stem(config.in_chans, config.stem_width, config.stem_out_channels,
-                                   tiered=config.stem_type == "deep_tiered")
+                                   tiered=config.stem_type == "deep_tiered", norm=config.norm)
         # A pre-activation network normalises inside its first block instead.
-        self.bn1 = None if preact else nn.BatchNorm2d(config.stem_out_channels)
+        self.bn1 = None if preact else norm_layer(config.norm, config.stem_out_channels)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1) if config.stem == "imagenet" else None
+        self.maxpool = self._stem_pool() if config.stem == "imagenet" else None
         stem_stride = 1 if config.stem == "cifar" else 2
 
         # Where each stage's output lives, its width and its stride w.r.t. the input (as timm).
@@ -228,10 +335,13 @@ class ResNet(nn.Module):
         block_index = 0
         in_channels = config.stem_out_channels
         reduction = stem_stride * (2 if self.maxpool is not None else 1)
+        previous_dilation = 1
         for stage, (num_blocks, out_channels) in enumerate(zip(config.layers, config.stage_out_channels)):
-            stride = 1 if stage == 0 else 2
+            stride, dilation = config.stage_strides()[stage]
             reduction *= stride
-            mids = config.stage_mid_channels(stage)
+            mids, firsts = config.stage_mid_channels(stage), config.stage_first_channels(stage)
+            # Attention is sized by the nominal width, so a pruned net keeps its kernels (timm does too).
+            attention_width = config.nominal_stream_channels[stage + 1]
             blocks = []
             for i in range(num_blocks):
                 block_stride = stride if i == 0 else 1
@@ -241,14 +351,20 @@ class ResNet(nn.Module):
                     out_channels=out_channels,
                     stride=block_stride,
                     shortcut=self._shortcut(config.entry_shortcut(stage) if i == 0 else None,
-                                            in_channels, out_channels, block_stride),
+                                            in_channels, out_channels, block_stride, dilation, previous_dilation),
                     groups=config.groups,
                     stride_in_1x1=config.stride_in_1x1,
-                    attention=config.attention,
+                    attention=attention_module(config.attention, attention_width, config.se_reduction),
                     deformable=stage + 1 in config.deformable_stages,
                     drop_path=config.drop_path_rate * block_index / max(total_blocks - 1, 1),
+                    first_channels=firsts[i],
+                    aa=config.aa,
+                    norm=config.norm,
+                    dilation=dilation,
+                    first_dilation=previous_dilation,
+                    **config.block_options(),
                 ))
-                in_channels = out_channels
+                in_channels, previous_dilation = out_channels, dilation
                 block_index += 1
             name = f"layer{stage + 1}"
             self.add_module(name, nn.Sequential(*blocks))
@@ -256,23 +372,46 @@ class ResNet(nn.Module):
             self.feature_info.append(dict(num_chs=out_channels, module=name, reduction=reduction))
 
         # Pre-activation networks end with the BN-ReLU that no block applied to its output.
-        self.final_bn = nn.BatchNorm2d(in_channels) if preact else None
+        self.final_bn = norm_layer(config.norm, in_channels) if preact else None
         self.num_features = in_channels
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc: nn.Module = nn.Linear(in_channels, config.num_classes) if config.num_classes else nn.Identity()
         self._init_weights()
 
-    def _shortcut(self, kind: str | None, in_channels: int, out_channels: int, stride: int) -> nn.Module | None:
+    def _stem_pool(self) -> nn.Module:
+        """The stem's /2 after its conv: a 3x3 max-pool, anti-aliased (a stride-1 max-pool, then the blur
+        pool; or a 2x2 average pool) or, with replace_stem_pool, a strided 3x3 conv-BN-ReLU (timm's layouts)."""
+        config, width = self.config, self.config.stem_out_channels
+        if config.replace_stem_pool:
+            aa = anti_alias(config.aa, 2, width)
+            conv = nn.Conv2d(width, width, 3, stride=1 if aa else 2, padding=1, bias=False)
+            return nn.Sequential(*(m for m in (conv, aa) if m is not None), norm_layer(config.norm, width),
+                                 nn.ReLU(inplace=True))
+        if config.aa == "blur":
+            return nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool(width, 2))
+        return anti_alias(config.aa, 2, width) or nn.MaxPool2d(3, stride=2, padding=1)
+
+    def _shortcut(self, kind: str | None, in_channels: int, out_channels: int, stride: int, dilation: int,
+                  previous_dilation: int) -> nn.Module | None:
         if kind is None:
             return None
         if kind == "zero_pad":
             return ZeroPadShortcut(in_channels, out_channels, stride)
-        norm = [] if self.config.block_type.preact else [nn.BatchNorm2d(out_channels)]
+        norm = [] if self.config.block_type.preact else [norm_layer(self.config.norm, out_channels)]
         if self.config.avg_down:
             # timm's layout: the pool (an identity at stride 1) is module 0, so the conv is downsample.1.
-            pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if stride > 1 else nn.Identity()
+            if stride > 1:
+                pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+            else:
+                pool = SamePadAvgPool() if dilation > 1 else nn.Identity()
             return nn.Sequential(pool, conv1x1(in_channels, out_channels), *norm)
-        return nn.Sequential(conv1x1(in_channels, out_channels, stride), *norm)
+        # A wider kernel only where the shortcut strides or dilates (SENet-154's 3x3), with the dilation
+        # the block's first conv keeps.
+        kernel = self.config.down_kernel_size if stride > 1 or dilation > 1 else 1
+        conv_dilation = previous_dilation if kernel > 1 else 1
+        conv = nn.Conv2d(in_channels, out_channels, kernel, stride=stride, bias=False, dilation=conv_dilation,
+                         padding=((stride - 1) + conv_dilation * (kernel - 1)) // 2)
+        return nn.Sequential(conv, *norm)
 
     def _init_weights(self) -> None:
         if next(self.parameters()).is_meta:
@@ -283,7 +422,7 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
+            elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         for module in self.modules():
@@ -300,13 +439,14 @@ class ResNet(nn.Module):
     def stages(self) -> list[nn.Sequential]:
         return [getattr(self, name) for name in self.stage_names]
 
-    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_stem_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem before its pool: feature 0 of ``features_only`` and ``forward_intermediates``."""
         x = self.conv1(x)
-        if self.bn1 is not None:
-            x = self.relu(self.bn1(x))
-        if self.maxpool is not None:
-            x = self.maxpool(x)
-        return x
+        return x if self.bn1 is None else self.relu(self.bn1(x))
+
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem_activation(x)
+        return x if self.maxpool is None else self.maxpool(x)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them (timm's
@@ -329,6 +469,33 @@ class ResNet(nn.Module):
         for stage in self.stages:
             x = self.forward_stage(stage, x)
         return self.forward_final_norm(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's interface: the features and the maps at ``indices`` (0 the stem before its pool, 1..N the
+        stages; an int n takes the last n, negative indices count from the end; None takes all).
+
+        ``norm`` applies a pre-activation net's final BN-ReLU to the last stage's map; the returned
+        features always have it, as ``forward_features``. ``stop_early`` runs no stage past the deepest
+        index; ``intermediates_only`` returns the list alone.
+        """
+        if output_fmt != "NCHW":
+            raise ConfigError(f"output_fmt {output_fmt!r} is not available; ResNet feature maps are NCHW")
+        taken = intermediate_indices(len(self.stage_names) + 1, indices)
+        x = self.forward_stem_activation(x)
+        intermediates = [x] if 0 in taken else []
+        if self.maxpool is not None:
+            x = self.maxpool(x)
+        last = len(self.stages)
+        stages = self.stages[:max(taken)] if stop_early else self.stages
+        for index, stage in enumerate(stages, start=1):
+            x = self.forward_stage(stage, x)
+            if index in taken:
+                intermediates.append(self.forward_final_norm(x) if norm and index == last else x)
+        if intermediates_only:
+            return intermediates
+        return (self.forward_final_norm(x) if len(stages) == last else x), intermediates
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)
@@ -363,6 +530,23 @@ class ResNet(nn.Module):
         """Replace the head with a freshly initialised one (0 removes it: the model returns embeddings)."""
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
+
+
+def intermediate_indices(count: int, indices: int | Sequence[int] | None) -> list[int]:
+    """timm's ``feature_take_indices``: None all ``count`` maps, an int the last n, a sequence as given
+    (negative from the end), each checked."""
+    valid = f"there are {count} intermediates, 0 (the stem) to {count - 1}"
+    if indices is None:
+        indices = count
+    if isinstance(indices, int) and not isinstance(indices, bool):
+        if not 0 < indices <= count:
+            raise ConfigError(f"cannot take the last {indices} intermediates: {valid}")
+        return list(range(count - indices, count))
+    taken = [count + i if isinstance(i, int) and i < 0 else i for i in indices]
+    outside = [i for i in taken if not (isinstance(i, int) and 0 <= i < count)]
+    if outside or not taken:
+        raise ConfigError(f"intermediate indices {list(indices)!r} do not all exist: {valid}")
+    return taken
 
 
 def stem_and_stages(model: nn.Module, stages: int) -> list[nn.Module]:

@@ -19,26 +19,30 @@ from ..atomic import atomic_path
 from ..errors import CheckpointError
 from ..preprocessing import Preprocessing
 from .checkpoint import SAFETENSORS, TORCH_CHECKPOINT, WeightsSource, looks_like, read_state_dict, refuse_folder
+from .hrnet import NUM_BRANCHES, HRNet, HRNetConfig
 from .layouts import to_resnetlab_layout
+from .registry import build_model
 from .resnet import ResNet, ResNetConfig
 
 logger = logging.getLogger("resnetlab")
 
 _METADATA_KEY = "resnetlab"
 _FORMAT = "resnetlab.weights/1"
+# The metadata's "family" -> the config it holds; files written before HRNet name none and hold a ResNet.
+_CONFIGS = {"resnet": ResNetConfig, "hrnet": HRNetConfig}
 
 
 @dataclass
 class LoadReport:
     """What ``load_weights`` did beyond a plain strict load."""
 
-    layout: str  # the key layout the weights came in: "torchvision" or "timm-resnetv2"
+    layout: str  # the key layout the weights came in: "torchvision", "timm-resnetv2" or "timm-hrnet"
     head_reinitialized: bool = False
     adapted_in_chans: tuple[int, int] | None = None  # (checkpoint's, model's) input channels
     messages: list[str] = field(default_factory=list)
 
 
-def load_weights(model: ResNet, source: WeightsSource) -> LoadReport:
+def load_weights(model: ResNet | HRNet, source: WeightsSource) -> LoadReport:
     """Load ``source`` into ``model`` strictly, converting known layouts on the way.
 
     ``source`` is a ``.pth``/``.pt``/``.safetensors`` path, a file URL (read in place), an
@@ -61,11 +65,17 @@ def load_weights(model: ResNet, source: WeightsSource) -> LoadReport:
     return report
 
 
-def _fit_head(model: ResNet, state: dict, report: LoadReport) -> None:
-    weight = state.get("fc.weight")
+def classifier_name(model: ResNet | HRNet) -> str:
+    """The classifier's module name: timm's ``classifier`` in an HRNet, torchvision's ``fc`` in a ResNet."""
+    return "classifier" if isinstance(model, HRNet) else "fc"
+
+
+def _fit_head(model: ResNet | HRNet, state: dict, report: LoadReport) -> None:
+    head = classifier_name(model)
+    weight = state.get(f"{head}.weight")
     if weight is None or weight.ndim != 2:
         return
-    target = getattr(model.fc, "weight", None)
+    target = getattr(getattr(model, head), "weight", None)
     if target is None:
         report.messages.append("the model has no classifier (num_classes=0): the checkpoint's head was dropped")
     elif weight.shape[1] == target.shape[1] and weight.shape[0] != target.shape[0]:
@@ -75,9 +85,9 @@ def _fit_head(model: ResNet, state: dict, report: LoadReport) -> None:
         model.reset_classifier(target.shape[0])
     else:
         return
-    state.pop("fc.weight")
-    state.pop("fc.bias", None)
-    state.update({f"fc.{key}": value for key, value in model.fc.state_dict().items()})
+    state.pop(f"{head}.weight")
+    state.pop(f"{head}.bias", None)
+    state.update({f"{head}.{key}": value for key, value in getattr(model, head).state_dict().items()})
 
 
 def _fit_input_channels(state: dict, expected: dict, report: LoadReport) -> None:
@@ -127,6 +137,8 @@ def _modules(keys: list[str]) -> list[str]:
 
 def describe_architecture(state: dict[str, torch.Tensor]) -> str:
     """A one-line description of the network a state dict belongs to, read from its keys."""
+    if "transition1.0.0.weight" in state:
+        return _describe_hrnet(state)
     blocks: dict[int, set[int]] = {}
     for key in state:
         match = re.match(r"layer(\d+)\.(\d+)\.", key)
@@ -149,7 +161,17 @@ def describe_architecture(state: dict[str, torch.Tensor]) -> str:
     return ", ".join(parts)
 
 
-def save_weights(model: ResNet, path: str | os.PathLike, *, class_names: list[str] | None = None,
+def _describe_hrnet(state: dict[str, torch.Tensor]) -> str:
+    # Each branch's width is the in-channels of the head's bottleneck on it.
+    widths = [state[f"incre_modules.{i}.0.conv1.weight"].shape[1] for i in range(NUM_BRANCHES)
+              if f"incre_modules.{i}.0.conv1.weight" in state]
+    parts = [f"an HRNet with branch widths {widths}"]
+    if "classifier.weight" in state:
+        parts.append(f"{state['classifier.weight'].shape[0]} classes")
+    return ", ".join(parts)
+
+
+def save_weights(model: ResNet | HRNet, path: str | os.PathLike, *, class_names: list[str] | None = None,
                  preprocessing: Preprocessing | None = None) -> Path:
     """Write ``path`` (``.safetensors``) and a JSON of metadata beside it, both atomically.
 
@@ -169,7 +191,7 @@ def save_weights(model: ResNet, path: str | os.PathLike, *, class_names: list[st
     return path
 
 
-def model_metadata(model: ResNet, class_names: list[str] | None = None,
+def model_metadata(model: ResNet | HRNet, class_names: list[str] | None = None,
                    preprocessing: Preprocessing | None = None) -> dict:
     """What travels with a model's weights or exported graph: architecture, classes, preprocessing."""
     class_names = class_names if class_names is not None else model.class_names
@@ -180,6 +202,7 @@ def model_metadata(model: ResNet, class_names: list[str] | None = None,
         "format": _FORMAT,
         "resnetlab_version": version("resnetlab"),
         "arch": model.arch,
+        "family": next(family for family, config in _CONFIGS.items() if isinstance(model.config, config)),
         "config": model.config.to_dict(),
         "class_names": list(class_names) if class_names is not None else None,
         "preprocessing": dataclasses.asdict(preprocessing or model.preprocessing),
@@ -215,15 +238,23 @@ def _not_safetensors(path: Path, kind: str) -> str:
             "save_weights(model, 'model.safetensors')")
 
 
-def load_model(path: str | os.PathLike) -> ResNet:
-    """Rebuild the model saved by ``save_weights``: architecture, weights, class names, preprocessing."""
-    metadata = read_metadata(path)
+def config_from_metadata(metadata: dict, path: str | os.PathLike) -> ResNetConfig | HRNetConfig:
+    """The architecture's config that ``model_metadata`` wrote (into ``path``)."""
+    family = metadata.get("family", "resnet")
+    if family not in _CONFIGS:
+        raise CheckpointError(f"{path} holds a {family!r} network, which this resnetlab ({version('resnetlab')}) "
+                              f"does not build; it builds {', '.join(_CONFIGS)}")
     try:
-        config = ResNetConfig(**metadata["config"])
+        return _CONFIGS[family](**metadata["config"])
     except TypeError as error:
         raise CheckpointError(f"{path} was saved by an incompatible resnetlab "
                               f"({metadata.get('resnetlab_version')}): {error}") from error
-    model = ResNet(config, arch=metadata["arch"])
+
+
+def load_model(path: str | os.PathLike) -> ResNet | HRNet:
+    """Rebuild the model saved by ``save_weights``: architecture, weights, class names, preprocessing."""
+    metadata = read_metadata(path)
+    model = build_model(config_from_metadata(metadata, path), arch=metadata["arch"])
     load_weights(model, path)
     model.class_names = metadata["class_names"]
     model.preprocessing = Preprocessing(**metadata["preprocessing"])

@@ -49,6 +49,7 @@ class ServedModel:
     def _load_weights(self, path: Path, backend: str) -> None:
         from ..inference import optimize
         from ..models import load_model
+        from ..models.weights import classifier_name
 
         model = load_model(path).eval()
         self.format, self.arch, self.precision = "safetensors", model.arch, "fp32"
@@ -59,7 +60,7 @@ class ServedModel:
         side = self.preprocessing.input_size
         features = optimize(_PooledFeatures(model), backend, input_size=(side, side), device="cpu")
         self.backend = features.backend
-        classifier = model.fc if self.num_classes else None
+        classifier = getattr(model, classifier_name(model)) if self.num_classes else None
 
         def run(images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
             pooled = features(images)
