@@ -94,7 +94,8 @@ def test_a_fixed_batch_that_does_not_divide_the_images_is_refused():
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnext50_32x4d", "se_resnet50", "preact_resnet18",
-                                  "preact_resnet50", "res2net50_26w_4s", "resnest14d", "ecaresnet26t", "resnetblur18", "skresnet18"])
+                                  "preact_resnet50", "res2net50_26w_4s", "resnest14d", "ecaresnet26t", "resnetblur18",
+                                  "skresnet18"])
 def test_each_block_type_exports_to_onnx(tmp_path, name):
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, **narrow(name))  # the structure is what exports or not

@@ -2,7 +2,18 @@
 
 Module names follow torchvision (``conv1``, ``bn1``, ``downsample``, ...) so that state
 dicts are interchangeable with torchvision and timm. Every block takes the same keyword
-arguments; the ResNet computes all widths up front and passes them in.
+arguments; the ResNet computes all widths up front and passes them in:
+
+- ``mid_channels`` is the 3x3's width; ``first_channels`` a bottleneck's first 1x1 width where it
+  differs (SENet-154, pruned nets);
+- ``attention`` a module applied to the branch's output (SE, ECA);
+- ``aa`` moves a stride onto an anti-aliasing pool after the strided conv's activation (timm's
+  ``aa_layer``);
+- ``dilation`` is the stage's, ``first_dilation`` the one the block's first 3x3 keeps from the stage
+  before (output_stride 8 or 16).
+
+A few options belong to one block kind only (Res2Net's ``scale``, ResNeSt's ``radix`` and
+``avd_first``, the selective kernel's ``sk``): ``ResNetConfig.block_options`` passes them.
 """
 from __future__ import annotations
 
@@ -43,7 +54,8 @@ def deep_stem(in_channels: int, width: int, out_channels: int, tiered: bool = Fa
     """
     first = 3 * (width // 4) if tiered else width
     return nn.Sequential(
-        nn.Conv2d(in_channels, first, 3, stride=2, padding=1, bias=False), norm_layer(norm, first), nn.ReLU(inplace=True),
+        nn.Conv2d(in_channels, first, 3, stride=2, padding=1, bias=False), norm_layer(norm, first),
+        nn.ReLU(inplace=True),
         nn.Conv2d(first, width, 3, padding=1, bias=False), norm_layer(norm, width), nn.ReLU(inplace=True),
         nn.Conv2d(width, out_channels, 3, padding=1, bias=False))
 
@@ -168,19 +180,12 @@ def _drop_path(rate: float) -> nn.Module | None:
     return StochasticDepth(rate, mode="row") if rate > 0 else None
 
 
-BLOCK_OPTIONS = """Every block takes the same options: ``mid_channels`` is the 3x3's width, ``first_channels`` a
-    bottleneck's first 1x1 width where it differs (SENet-154, pruned nets); ``attention`` a module applied
-    to the branch's output; ``aa`` moves a stride onto an anti-aliasing pool after the strided conv's
-    activation (timm's ``aa_layer``); ``dilation`` is the stage's and ``first_dilation`` the one the
-    block's first 3x3 keeps from the stage before (output_stride 8 or 16)."""
-
-
 def _uses_anti_aliasing(aa: str | None, stride: int, dilation: int, first_dilation: int) -> bool:
     return aa is not None and (stride > 1 or first_dilation != dilation)
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR ResNets). See ``BLOCK_OPTIONS``."""
+    """Two 3x3 convolutions (ResNet-18/34 and the CIFAR ResNets). See the module docstring."""
 
     expansion = 1
     preact = False
@@ -227,7 +232,7 @@ class Bottleneck(nn.Module):
 
     The stride sits on the 3x3 convolution (ResNet v1.5, as torchvision and NVIDIA do; about
     +0.5 top-1 over v1). ``stride_in_1x1=True`` moves it to the first 1x1 as in the original paper.
-    See ``BLOCK_OPTIONS`` for the rest.
+    See the module docstring for the rest.
     """
 
     expansion = 4
@@ -359,7 +364,7 @@ class Res2NetBottleneck(nn.Module):
     ``scale`` groups of ``mid_channels``; each 3x3 sees its split plus the previous 3x3's output, so the
     block mixes several receptive fields. Layout of timm's ``Bottle2neck`` (``convs.N``, ``bns.N``). A
     stage's first block convolves every split on its own and average-pools the last one (the original's
-    "stage" mode). ``scale`` is its own option (``ResNetConfig.block_options``); see ``BLOCK_OPTIONS``."""
+    "stage" mode). ``scale`` is its own option (``ResNetConfig.block_options``); see the module docstring."""
 
     expansion = 4
     preact = False
@@ -448,7 +453,7 @@ class SplitAttention(nn.Module):
 class ResNeStBottleneck(nn.Module):
     """The ResNeSt bottleneck: split attention as its 3x3, and a strided block's stride on a 3x3 average
     pool after it (before it with ``avd_first``), as timm's ``ResNestBottleneck``. ``radix`` and
-    ``avd_first`` are its own options (``ResNetConfig.block_options``); see ``BLOCK_OPTIONS``."""
+    ``avd_first`` are its own options (``ResNetConfig.block_options``); see the module docstring."""
 
     expansion = 4
     preact = False
@@ -546,7 +551,7 @@ class SelectiveKernelAttention(nn.Module):
 
 
 class SelectiveKernelBasicBlock(nn.Module):
-    """timm's ``SelectiveKernelBasic``: a selective kernel conv, then a 3x3. See ``BLOCK_OPTIONS``; the
+    """timm's ``SelectiveKernelBasic``: a selective kernel conv, then a 3x3. See the module docstring; the
     selective kernel's ``reduction``, ``divisor`` and ``split_input`` come as ``sk`` (``block_options``)."""
 
     expansion = 1

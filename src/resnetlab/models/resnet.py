@@ -140,8 +140,9 @@ class ResNetConfig:
                  "use a bottleneck block for ResNeXt or Wide ResNet")
         if self.groups < 1 or self.width_per_group < 1:
             fail("groups and width_per_group must be positive")
-        if self.block in ("res2net", "resnest") and (self.aa is not None or self.deformable_stages or self.stride_in_1x1
-                                                     or self.block_reduce_first != 1 or self.first_channels is not None):
+        if self.block in ("res2net", "resnest") and (
+                self.aa is not None or self.deformable_stages or self.stride_in_1x1 or self.block_reduce_first != 1
+                or self.first_channels is not None):
             fail(f"{self.block} blocks have a 3x3 of their own: aa, deformable, stride_in_1x1, block_reduce_first "
                  "and first_channels are not available for them")
         if self.block.startswith("sk_") and (self.aa is not None or self.deformable_stages or self.stride_in_1x1):
