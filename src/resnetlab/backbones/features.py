@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.freezing import freeze_modules, keep_frozen_in_eval
 from ..models.resnet import ResNet, stem_and_stages
 
 
@@ -68,9 +69,7 @@ class ResNetFeatures(nn.Module):
         # Frozen here, or already frozen in the classifier (``model.freeze``): both stay frozen.
         kept = {id(module) for module in self.modules()}
         inherited = [module for module in model.frozen_modules if id(module) in kept]
-        self.frozen_modules = (stem_and_stages(self, frozen_stages) if frozen_stages is not None else []) + inherited
-        for module in self.frozen_modules:
-            module.requires_grad_(False)
+        freeze_modules(self, (stem_and_stages(self, frozen_stages) if frozen_stages is not None else []) + inherited)
         self.train(model.training)
 
     # The classifier's forward pieces; they read only the modules kept above.
@@ -95,8 +94,7 @@ class ResNetFeatures(nn.Module):
     def train(self, mode: bool = True) -> ResNetFeatures:
         super().train(mode)
         if mode:
-            for module in self.frozen_modules:
-                module.eval()
+            keep_frozen_in_eval(self)
             if self.norm_eval:
                 for module in self.modules():
                     if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):

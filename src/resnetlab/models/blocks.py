@@ -81,13 +81,20 @@ class DeformableConv3x3(DeformConv2d):
         return super().forward(x, self.offset(x))
 
 
+def round_to_multiple(value: float, divisor: int, minimum: int | None = None, round_limit: float = 0.9) -> int:
+    """timm's ``make_divisible``: ``value`` to the nearest multiple of ``divisor`` (at least ``minimum``,
+    else one divisor), one more divisor where that fell below ``round_limit`` x ``value``. Attention
+    widths follow it, so timm's weights load."""
+    rounded = max(minimum or divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < round_limit * value else rounded
+
+
 class SqueezeExcite(nn.Module):
     """Channel attention of Hu et al. (CVPR 2018). Names and widths match timm's ``SEModule``."""
 
     def __init__(self, channels: int, reduction: int = 16):
         super().__init__()
-        # timm rounds the bottleneck width to a multiple of 8; matching it keeps weights loadable.
-        reduced = max(8, int(channels / reduction + 4) // 8 * 8)
+        reduced = round_to_multiple(channels / reduction, 8, round_limit=0.0)  # timm's SEModule never rounds up
         self.fc1 = nn.Conv2d(channels, reduced, 1)
         self.act = nn.ReLU(inplace=True)
         self.fc2 = nn.Conv2d(reduced, channels, 1)
@@ -180,6 +187,16 @@ def _drop_path(rate: float) -> nn.Module | None:
     return StochasticDepth(rate, mode="row") if rate > 0 else None
 
 
+def _add_shortcut(block: nn.Module, out: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """The end of every post-activation block: its attention, stochastic depth, the shortcut, the ReLU."""
+    if block.se is not None:
+        out = block.se(out)
+    if block.drop_path is not None:
+        out = block.drop_path(out)
+    out += identity  # in place, as torchvision and timm: one activation-sized tensor fewer
+    return block.relu(out)
+
+
 def _uses_anti_aliasing(aa: str | None, stride: int, dilation: int, first_dilation: int) -> bool:
     return aa is not None and (stride > 1 or first_dilation != dilation)
 
@@ -218,13 +235,7 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         if self.aa is not None:
             out = self.aa(out)
-        out = self.bn2(self.conv2(out))
-        if self.se is not None:
-            out = self.se(out)
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        out += identity  # in place, as torchvision and timm: one activation-sized tensor fewer
-        return self.relu(out)
+        return _add_shortcut(self, self.bn2(self.conv2(out)), identity)
 
 
 class Bottleneck(nn.Module):
@@ -270,13 +281,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         if self.aa is not None:
             out = self.aa(out)
-        out = self.bn3(self.conv3(out))
-        if self.se is not None:
-            out = self.se(out)
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        out += identity  # in place, as torchvision and timm: one activation-sized tensor fewer
-        return self.relu(out)
+        return _add_shortcut(self, self.bn3(self.conv3(out)), identity)
 
 
 class PreActBasicBlock(nn.Module):
@@ -406,13 +411,7 @@ class Res2NetBottleneck(nn.Module):
             outputs.append(split)
         if self.scale > 1:
             outputs.append(splits[-1] if self.pool is None else self.pool(splits[-1]))
-        out = self.bn3(self.conv3(torch.cat(outputs, 1)))
-        if self.se is not None:
-            out = self.se(out)
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        out += identity
-        return self.relu(out)
+        return _add_shortcut(self, self.bn3(self.conv3(torch.cat(outputs, 1))), identity)
 
 
 class SplitAttention(nn.Module):
@@ -424,9 +423,7 @@ class SplitAttention(nn.Module):
                  dilation: int = 1, norm: str = "batch"):
         super().__init__()
         self.radix, self.groups = radix, groups
-        # A quarter of the radix-wide input, to a multiple of 8, at least 32 (timm's make_divisible).
-        attention = max(32, int(in_channels * radix / 4 + 4) // 8 * 8)
-        attention += 8 if attention < 0.9 * in_channels * radix / 4 else 0
+        attention = round_to_multiple(in_channels * radix / 4, 8, minimum=32)  # a quarter of the radix-wide input
         self.conv = nn.Conv2d(in_channels, out_channels * radix, 3, stride, padding=dilation, dilation=dilation,
                               groups=groups * radix, bias=False)
         self.bn0 = norm_layer(norm, out_channels * radix)
@@ -475,6 +472,7 @@ class ResNeStBottleneck(nn.Module):
         self.avd_last = None if avd_first else pool
         self.conv3 = conv1x1(mid_channels, out_channels)
         self.bn3 = norm_layer(norm, out_channels)
+        self.se = attention  # always None: ResNetConfig refuses attention on top of split attention
         self.downsample = shortcut
         self.drop_path = _drop_path(drop_path)
 
@@ -490,11 +488,7 @@ class ResNeStBottleneck(nn.Module):
         out = self.conv2(out)
         if self.avd_last is not None:
             out = self.avd_last(out)
-        out = self.bn3(self.conv3(out))
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        out += identity
-        return self.relu(out)
+        return _add_shortcut(self, self.bn3(self.conv3(out)), identity)
 
 
 class ConvNorm(nn.Module):
@@ -525,8 +519,7 @@ class SelectiveKernel(nn.Module):
         path_in = self.split or in_channels
         self.paths = nn.ModuleList(ConvNorm(path_in, out_channels, 3, stride, min(out_channels, groups), d, norm)
                                    for d in (dilation, 2 * dilation))
-        attention = max(divisor, int(out_channels / reduction + divisor / 2) // divisor * divisor)
-        attention += divisor if attention < 0.9 * out_channels / reduction else 0
+        attention = round_to_multiple(out_channels / reduction, divisor)
         self.attn = SelectiveKernelAttention(out_channels, attention, norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -577,13 +570,7 @@ class SelectiveKernelBasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.conv2(self.conv1(x))
-        if self.se is not None:
-            out = self.se(out)
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        out += identity
-        return self.relu(out)
+        return _add_shortcut(self, self.conv2(self.conv1(x)), identity)
 
 
 class SelectiveKernelBottleneck(nn.Module):
@@ -614,13 +601,7 @@ class SelectiveKernelBottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        out = self.conv3(self.conv2(self.conv1(x)))
-        if self.se is not None:
-            out = self.se(out)
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        out += identity
-        return self.relu(out)
+        return _add_shortcut(self, self.conv3(self.conv2(self.conv1(x))), identity)
 
 
 BLOCKS: dict[str, type[nn.Module]] = {

@@ -18,6 +18,7 @@ from ..config import check_types
 from ..errors import ConfigError
 from ..preprocessing import IMAGENET, Preprocessing
 from .blocks import BasicBlock, Bottleneck, conv1x1
+from .freezing import freeze_modules, keep_frozen_in_eval
 from .grad_checkpointing import checkpointed
 
 NUM_BRANCHES = 4  # the classification head widens and merges exactly four
@@ -295,17 +296,11 @@ class HRNet(nn.Module):
         if stages is not None and not 0 <= stages <= NUM_BRANCHES:
             raise ConfigError(f"cannot freeze {stages} stages: {self.arch} has {NUM_BRANCHES}")
         frozen = self.stem_and_stages(stages) if stages is not None else []
-        if batch_norm:
-            frozen += [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
-        for module in frozen:
-            module.requires_grad_(False)
-        self.frozen_modules = frozen
-        self.train(self.training)
+        freeze_modules(self, frozen, batch_norm)
 
     def train(self, mode: bool = True) -> HRNet:
         super().train(mode)
-        for module in self.frozen_modules:
-            module.eval()
+        keep_frozen_in_eval(self)
         return self
 
     def reset_classifier(self, num_classes: int) -> None:

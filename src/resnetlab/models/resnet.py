@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from ..preprocessing import CIFAR10, IMAGENET, Preprocessing
 from .blocks import (ANTI_ALIASING, ATTENTIONS, BLOCKS, NORMS, BlurPool, DeformableConv3x3, SamePadAvgPool,
                      ZeroPadShortcut, anti_alias, attention_module, conv1x1, deep_stem, norm_layer)
+from .freezing import freeze_modules, keep_frozen_in_eval
 from .grad_checkpointing import checkpointed
 
 STEMS = ("imagenet", "cifar")
@@ -187,8 +188,10 @@ class ResNetConfig:
 
     def _every_norm_width(self) -> list[int]:
         widths = list(self.built_stream_channels)
-        if self.stem_type != "plain":
-            widths += [self.stem_width, 3 * (self.stem_width // 4) if self.stem_type == "deep_tiered" else 0]
+        if self.stem_type == "deep_tiered":
+            widths += [self.stem_width, 3 * (self.stem_width // 4)]
+        elif self.stem_type == "deep":
+            widths.append(self.stem_width)
         for stage in range(len(self.layers)):
             widths += [*self.stage_mid_channels(stage), *self.stage_first_channels(stage)]
         return widths
@@ -337,8 +340,8 @@ class ResNet(nn.Module):
         in_channels = config.stem_out_channels
         reduction = stem_stride * (2 if self.maxpool is not None else 1)
         previous_dilation = 1
-        for stage, (num_blocks, out_channels) in enumerate(zip(config.layers, config.stage_out_channels)):
-            stride, dilation = config.stage_strides()[stage]
+        for stage, (num_blocks, out_channels, (stride, dilation)) in enumerate(
+                zip(config.layers, config.stage_out_channels, config.stage_strides())):
             reduction *= stride
             mids, firsts = config.stage_mid_channels(stage), config.stage_first_channels(stage)
             # Attention is sized by the nominal width, so a pruned net keeps its kernels (timm does too).
@@ -514,17 +517,11 @@ class ResNet(nn.Module):
         if stages is not None and not 0 <= stages <= len(self.stage_names):
             raise ConfigError(f"cannot freeze {stages} stages: {self.arch} has {len(self.stage_names)}")
         frozen = stem_and_stages(self, stages) if stages is not None else []
-        if batch_norm:
-            frozen += [m for m in self.modules() if isinstance(m, nn.BatchNorm2d)]
-        for module in frozen:
-            module.requires_grad_(False)
-        self.frozen_modules = frozen
-        self.train(self.training)
+        freeze_modules(self, frozen, batch_norm)
 
     def train(self, mode: bool = True) -> ResNet:
         super().train(mode)
-        for module in self.frozen_modules:
-            module.eval()
+        keep_frozen_in_eval(self)
         return self
 
     def reset_classifier(self, num_classes: int) -> None:

@@ -20,7 +20,7 @@ from ..errors import CheckpointError
 from ..preprocessing import Preprocessing
 from .checkpoint import SAFETENSORS, TORCH_CHECKPOINT, WeightsSource, looks_like, read_state_dict, refuse_folder
 from .hrnet import NUM_BRANCHES, HRNet, HRNetConfig
-from .layouts import to_resnetlab_layout
+from .layouts import TIMM_HRNET, detect_layout, to_resnetlab_layout
 from .registry import build_model
 from .resnet import ResNet, ResNetConfig
 
@@ -137,7 +137,7 @@ def _modules(keys: list[str]) -> list[str]:
 
 def describe_architecture(state: dict[str, torch.Tensor]) -> str:
     """A one-line description of the network a state dict belongs to, read from its keys."""
-    if "transition1.0.0.weight" in state:
+    if detect_layout(state) == TIMM_HRNET:
         return _describe_hrnet(state)
     blocks: dict[int, set[int]] = {}
     for key in state:
