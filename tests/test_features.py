@@ -1,4 +1,4 @@
-"""ResNets as backbones: feature maps of every registry model, freezing, norm_eval, weights."""
+"""ResNets and HRNets as backbones: feature maps of every registry model, freezing, norm_eval, weights."""
 from __future__ import annotations
 
 import functools
@@ -9,19 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from resnetlab import ConfigError, ResNetConfig, create_model, list_models, load_model, save_weights
-from resnetlab.backbones import ResNetFeatures
-from resnetlab.models import model_config
+from resnetlab.backbones import HRNetFeatures, ResNetFeatures
+from resnetlab.models import HRNetConfig, model_config
 
 IMAGENET_SIZES = [(224, 224), (224, 160), (200, 250), (97, 131)]
 CIFAR_SIZES = [(32, 32), (40, 24), (33, 17)]
-# HRNet builds no features_only backbone (tests/test_hrnet.py checks that it says so): the ResNets.
-RESNET_NAMES = [name for name in list_models() if isinstance(model_config(name), ResNetConfig)]
 
 
 def shallow(name: str) -> dict:
-    """One block a stage (where widths are not set per block): every stem, shortcut and block kind of the
-    registry, and its feature shapes, at a fraction of the time (depth within a stage changes no shape)."""
+    """One block a stage (where widths are not set per block; one module and block a stage for an HRNet):
+    every stem, shortcut and block kind of the registry, and its feature shapes, at a fraction of the time
+    (depth within a stage changes no shape)."""
     config = model_config(name)
+    if isinstance(config, HRNetConfig):
+        return dict(modules=(1, 1, 1), blocks=(1, 1, 1), stage1_blocks=1)
     return {} if config.mid_channels is not None else dict(layers=(1,) * len(config.layers))
 
 
@@ -33,14 +34,19 @@ def meta_classifier(name: str):
         return create_model(name, **shallow(name))
 
 
-def every_feature(name: str) -> ResNetFeatures:
+def meta_backbone(name: str, out_indices: tuple[int, ...] | None = None) -> ResNetFeatures | HRNetFeatures:
     classifier = meta_classifier(name)
+    backbone = HRNetFeatures if isinstance(classifier.config, HRNetConfig) else ResNetFeatures
     # In eval mode: shapes do not depend on it, and batch norm on the meta device runs a Python
     # decomposition that takes twice as long when it also computes batch statistics.
-    return ResNetFeatures(classifier, out_indices=tuple(range(len(classifier.stage_names) + 1))).eval()
+    return backbone(classifier, out_indices=out_indices).eval()
 
 
-@pytest.mark.parametrize("name", RESNET_NAMES)
+def every_feature(name: str) -> ResNetFeatures | HRNetFeatures:
+    return meta_backbone(name, out_indices=tuple(range(len(meta_classifier(name).feature_info))))
+
+
+@pytest.mark.parametrize("name", list_models())
 def test_feature_maps_match_feature_info_at_every_input_size(name):
     backbone = every_feature(name)
     assert backbone.feature_info == meta_classifier(name).feature_info  # every index, stem included
@@ -54,14 +60,14 @@ def test_feature_maps_match_feature_info_at_every_input_size(name):
         assert [tuple(f.shape) for f in features] == expected, f"{name} at {height}x{width}"
 
 
-@pytest.mark.parametrize("name", RESNET_NAMES)
+@pytest.mark.parametrize("name", list_models())
 def test_forward_intermediates_are_the_feature_maps_at_a_non_square_size(name):
     classifier = meta_classifier(name).eval()
     height, width = CIFAR_SIZES[-1] if name.startswith("cifar") else IMAGENET_SIZES[-1]
     images = torch.empty(2, 3, height, width, device="meta")
     final, intermediates = classifier.forward_intermediates(images)
     assert [f.shape for f in intermediates] == [f.shape for f in every_feature(name)(images)]
-    assert final.shape == intermediates[-1].shape
+    assert final.shape == classifier.forward_features(images).shape  # a ResNet's is the last map's
     assert [f.shape for f in classifier.forward_intermediates(images, indices=2, intermediates_only=True)] == \
         [f.shape for f in intermediates[-2:]]
 
@@ -90,10 +96,10 @@ def test_output_stride_is_refused_where_it_cannot_apply():
         meta_classifier("resnet18").forward_intermediates(torch.empty(1, 3, 64, 64, device="meta"), indices=[5])
 
 
-@pytest.mark.parametrize("name", RESNET_NAMES)
+@pytest.mark.parametrize("name", list_models())
 def test_default_out_indices_are_the_stages_with_doubling_reductions(name):
-    default = ResNetFeatures(meta_classifier(name))
-    num_stages = len(meta_classifier(name).stage_names)
+    default = meta_backbone(name)
+    num_stages = len(meta_classifier(name).feature_info) - 1
     assert default.out_indices == tuple(range(1, num_stages + 1))
     reductions = default.feature_info.reduction()
     assert reductions == [reductions[0] * 2 ** i for i in range(num_stages)]
@@ -220,7 +226,7 @@ def test_without_norm_eval_train_mode_updates_batchnorm_statistics():
 
 @pytest.mark.parametrize("out_indices, message", [
     ((), "out_indices is empty"),
-    ((1, 5), r"out_indices \[5\] do not exist: resnet18 has features 0 \(the stem\) to 4 \(layer4\)"),
+    ((1, 5), r"out_indices \[5\] do not exist: resnet18 has features 0 \(the stem\) to 4 \(its last stage\)"),
     ((-1,), r"out_indices \[-1\] do not exist"),
     ((3, 1), "out_indices must increase without repeats"),
     ((2, 2), "out_indices must increase without repeats"),
@@ -232,7 +238,7 @@ def test_bad_out_indices_raise_a_clear_config_error(out_indices, message):
 
 
 def test_cifar_nets_have_three_stages_and_say_so():
-    with pytest.raises(ConfigError, match=r"cifar_resnet20 has features 0 \(the stem\) to 3 \(layer3\)"):
+    with pytest.raises(ConfigError, match=r"cifar_resnet20 has features 0 \(the stem\) to 3 \(its last stage\)"):
         create_model("cifar_resnet20", features_only=True, out_indices=(1, 2, 3, 4))
 
 

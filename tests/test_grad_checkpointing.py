@@ -20,7 +20,7 @@ def one_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor)
 
 @pytest.mark.parametrize("name, features_only", [
     ("cifar_resnet20", False), ("resnet26d", False), ("preact_resnet18", False), ("seresnext26t_32x4d", False),
-    ("resnet18", True)])
+    ("resnet18", True), ("test_resnet", False), ("resnetv2_50d_frn", False), ("hrnet_w18_small", True)])
 def test_a_checkpointed_step_has_the_plain_steps_gradients_and_statistics(name, features_only):
     torch.manual_seed(0)
     options = dict(features_only=True) if features_only else dict(num_classes=5)

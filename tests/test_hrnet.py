@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from resnetlab import (ConfigError, HRNet, ResNetConfig, count_macs, count_parameters, create_model, list_models,
                        load_model, load_weights, save_weights, stage_table)
+from resnetlab.backbones import HRNetFeatures, fpn
 from resnetlab.cli import main
 from resnetlab.compress.prune import prunable
 from resnetlab.engine.optim import parameter_groups
@@ -190,9 +191,71 @@ def test_the_classifier_learns_at_the_full_rate_when_the_backbone_is_slowed():
     (lambda: create_model("hrnet_w18", widths=(18, 36)), "widths needs 4 positive branch widths"),
     (lambda: create_model("hrnet_w18", modules=(1, 0, 1)), "modules needs 3 positive counts"),
     (lambda: create_model("hrnet_w18", stem_width="wide"), "stem_width must be an integer"),
-    (lambda: create_model("hrnet_w18", features_only=True), "features_only is not available for HRNet"),
+    (lambda: create_model("hrnet_w18", features_only=True, out_indices=(1, 5)), "out_indices \\[5\\] do not exist"),
     (lambda: prunable(create_model("hrnet_w18_small"), keep_stream=True), "pruning is for ResNets"),
 ])
 def test_what_hrnet_cannot_do_is_a_one_sentence_config_error(build, message):
     with pytest.raises(ConfigError, match=message):
         build()
+
+
+@functools.cache
+def timm_pair(name: str = "hrnet_w18_small") -> tuple[nn.Module, HRNet]:
+    """timm's model, BN randomised, and ours with its weights, in eval mode."""
+    torch.manual_seed(0)
+    reference = randomise_batch_norm(timm.create_model(name)).eval()
+    ours = create_model(name).eval()
+    load_weights(ours, reference.state_dict())
+    return reference, ours
+
+
+@pytest.mark.parametrize("indices, stop_early", [(None, False), ([0, 2], True), (2, False), ([0], True)])
+def test_forward_intermediates_equal_timms(indices, stop_early):
+    reference, ours = timm_pair()
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected_final, expected = reference.forward_intermediates(images, indices, stop_early=stop_early)
+        final, intermediates = ours.forward_intermediates(images, indices, stop_early=stop_early)
+    # Stopped before the last widening, the features are the branches, unmerged (a list), as timm's.
+    assert isinstance(final, list) == isinstance(expected_final, list) == (stop_early and indices != [0])
+    for ours_map, timm_map in zip([*(final if isinstance(final, list) else [final]), *intermediates],
+                                  [*(expected_final if isinstance(expected_final, list) else [expected_final]),
+                                   *expected]):
+        torch.testing.assert_close(ours_map, timm_map, rtol=1e-5, atol=1e-5)
+
+
+def test_features_only_gives_timms_feature_maps_and_keeps_the_classifiers_names():
+    reference, ours = timm_pair()
+    timm_backbone = timm.create_model("hrnet_w18_small", features_only=True).eval()
+    timm_backbone.load_state_dict({k: v for k, v in reference.state_dict().items() if k in timm_backbone.state_dict()})
+    backbone = HRNetFeatures(ours, out_indices=(0, 1, 2, 3, 4)).eval()
+    assert set(backbone.state_dict()) <= set(ours.state_dict())
+    assert backbone.feature_info.channels() == timm_backbone.feature_info.channels()
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for ours_map, timm_map in zip(backbone(images), timm_backbone(images), strict=True):
+            torch.testing.assert_close(ours_map, timm_map, rtol=1e-5, atol=1e-5)
+
+
+def test_a_backbone_keeps_the_widening_it_needs_and_freezes_what_it_is_told():
+    backbone = create_model("hrnet_w18_small", features_only=True, out_indices=(1, 2), frozen_stages=2, norm_eval=True)
+    assert isinstance(backbone, HRNetFeatures) and len(backbone.incre_modules) == 2
+    assert backbone.feature_info.reduction() == [4, 8]
+    backbone.train()
+    frozen = [*backbone.conv1.parameters(), *backbone.layer1.parameters(), *backbone.stage2.parameters()]
+    assert frozen and not any(param.requires_grad for param in frozen)
+    assert all(param.requires_grad for param in backbone.stage3.parameters())
+    assert not any(m.training for m in backbone.modules() if isinstance(m, nn.BatchNorm2d))  # norm_eval
+    maps = backbone(torch.randn(2, 3, 64, 96))
+    assert [tuple(m.shape) for m in maps] == [(2, 128, 16, 24), (2, 256, 8, 12)]
+
+
+def test_a_feature_pyramid_sits_on_the_four_widened_branches():
+    pyramid = fpn("hrnet_w18_small", out_channels=64, trainable_stages=2).eval()
+    assert isinstance(pyramid.body, HRNetFeatures) and pyramid.body.feature_info.reduction() == [4, 8, 16, 32]
+    assert not any(param.requires_grad for param in pyramid.body.stage2.parameters())  # 2 of 5 stages train
+    assert all(param.requires_grad for param in pyramid.body.stage3.parameters())
+    with torch.no_grad():
+        levels = pyramid(torch.randn(1, 3, 64, 96))
+    assert {name: tuple(level.shape) for name, level in levels.items()} == {
+        "0": (1, 64, 16, 24), "1": (1, 64, 8, 12), "2": (1, 64, 4, 6), "3": (1, 64, 2, 3), "pool": (1, 64, 1, 2)}

@@ -13,6 +13,7 @@ from resnetlab.data.folders import scan_split
 from resnetlab.errors import ConfigError
 from resnetlab.image_input import normalize
 from resnetlab.inference import CPU_PREFERENCE, backend_available, fold_batch_norm, optimize
+from resnetlab.models.norms import StandardizedConv2d
 from zoo import shallow_narrow
 
 CPU = torch.device("cpu")
@@ -50,10 +51,12 @@ def test_folded_model_equals_the_eager_model(name):
         expected = model(images)
     folded = fold_batch_norm(model)
     left = sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    if model.config.block.startswith("preact"):
-        assert 0 < left < sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # only pre-activations
-    else:
+    batch_norms = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    if model.config.block.startswith("preact") and batch_norms:
+        assert 0 < left < batch_norms  # only pre-activations stay
+    else:  # every BN, or none to fold (GroupNorm, EvoNorm and FRN stay as they are)
         assert left == 0
+    assert not any(isinstance(m, StandardizedConv2d) for m in folded.modules())  # BiT's filters computed once
     assert_same_logits(optimize(model, "eager", input_size=(32, 40))(images), expected)
 
 

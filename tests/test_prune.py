@@ -187,6 +187,8 @@ def test_stream_widths_that_break_an_addition_are_refused(streams, message):
     ("ecaresnet26t", {}, 0.5, "pruning the residual stream of ECA attention models is not supported"),
     ("resnet26", {"block_reduce_first": 2}, 0.5, "pruning networks whose first 1x1s have widths of their own"),
     ("resnet50_gn", {}, 0.5, "pruning group norm models is not supported"),
+    ("resnetv2_50d_frn", {}, 0.5, "pruning frn norm models is not supported"),
+    ("preact_resnet18", {"weight_standardization": True}, 0.5, "pruning weight-standardised models (BiT)"),
     ("skresnet18", {}, 0.5, "pruning sk_basic blocks is not supported"),
     ("resnet26d", {"replace_stem_pool": True}, 0.5, "pruning the residual stream of ResNet-RS models"),
 ])

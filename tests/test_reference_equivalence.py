@@ -1,15 +1,20 @@
 """State dicts are interchangeable with torchvision and timm, and give the same outputs."""
 from __future__ import annotations
 
+import functools
+
 import pytest
 import timm
 import torch
 import torchvision
+from timm.models._registry import _model_to_module
 from torch import nn
 
 from resnetlab import count_parameters, create_model, list_models, load_weights
 from resnetlab.models import HRNET_MODELS, alias_of, model_config
 from resnetlab.models.blocks import BlurPool, EfficientChannelAttention
+from resnetlab.models.layouts import to_resnetlab_layout
+from resnetlab.models.norms import EvoNormS0, FilterResponseNorm, StandardizedConv2d, norm_layer
 from zoo import LARGEST, LARGEST_PARAMS
 
 TORCHVISION_NAMES = [name for name in list_models() if name in torchvision.models.list_models()]
@@ -18,16 +23,23 @@ TORCHVISION_NAMES = [name for name in list_models() if name in torchvision.model
 TIMM_NAMES = [name for name in list_models(aliases=True) if name in timm.list_models() and name not in HRNET_MODELS]
 
 
+AFFINE_NORMS = (nn.BatchNorm2d, nn.GroupNorm, timm.layers.EvoNorm2dS0, timm.layers.FilterResponseNormTlu2d,
+                EvoNormS0, FilterResponseNorm)
+
+
 def randomise_batch_norm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Fresh BN is an identity in eval mode, which would hide a misplaced norm: make every BN (and
-    GroupNorm's affine parameters) count."""
+    """Fresh BN is an identity in eval mode, which would hide a misplaced norm: make every BN (and the
+    affine parameters of the other norms, EvoNorm's v and FRN's tau) count."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for module in model.modules():
-            if isinstance(module, (nn.BatchNorm2d, nn.GroupNorm)):
+            if isinstance(module, AFFINE_NORMS):
                 n = module.weight.numel()
                 module.weight.copy_(torch.rand(n, generator=generator) + 0.5)
                 module.bias.copy_(torch.randn(n, generator=generator) * 0.1)
+                for extra in ("v", "tau"):  # EvoNorm's sigmoid scale, FRN's threshold
+                    if getattr(module, extra, None) is not None:
+                        getattr(module, extra).copy_(torch.rand(n, generator=generator) * 0.5 + 0.2)
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
                 module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
@@ -76,12 +88,13 @@ def test_our_state_dict_loads_into_torchvision(name):
     assert max_output_difference(reference, ours) < 1e-5
 
 
-def test_timm_names_cover_its_resnet_family_that_resnetlab_builds():
-    # Grows as the family does; these are the ones the stem, shortcut and SE fields give.
-    assert {"resnet10t", "resnet50d", "resnet152s", "resnext101_32x16d", "seresnext26t_32x4d",
-            "seresnet50", "resnetv2_50", "senet154", "resnet50_gn", "ecaresnet50d_pruned", "resnetblur50",
-            "resnetaa50d", "resnetrs420", "res2net50_26w_4s", "res2next50", "resnest50d_4s2x40d", "skresnet18",
-            "skresnext50_32x4d"} <= set(TIMM_NAMES)
+TIMM_FAMILY_MODULES = ("resnet", "resnetv2", "res2net", "resnest", "sknet", "hrnet")
+
+
+def test_every_architecture_of_timms_resnet_family_is_registered_under_its_name():
+    family = {name for name in timm.list_models() if _model_to_module.get(name) in TIMM_FAMILY_MODULES}
+    assert len(family) >= 134  # timm 1.0.31's: 81 + 20 + 9 + 8 + 5 + 11
+    assert family <= set(list_models(aliases=True))
     assert alias_of("seresnet50") == "se_resnet50" and alias_of("resnet50d") is None
 
 
@@ -176,3 +189,48 @@ def test_eca_kernel_and_output_are_timms(channels):
     ours.load_state_dict(reference.state_dict(), strict=True)
     features = torch.randn(2, channels, 5, 6, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ours(features), reference(features))
+
+
+@pytest.mark.parametrize("norm, reference", [("evonorm_s0", timm.layers.EvoNorm2dS0),
+                                             ("frn", timm.layers.FilterResponseNormTlu2d)])
+def test_self_activating_norms_are_timms(norm, reference):
+    theirs = randomise_batch_norm(reference(64))
+    ours = norm_layer(norm, 64)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    features = torch.randn(2, 64, 5, 7, generator=torch.Generator().manual_seed(0)) * 3
+    torch.testing.assert_close(ours(features), theirs(features))
+
+
+def test_a_standardised_conv_is_timms_and_its_filters_have_zero_mean_and_unit_variance():
+    torch.manual_seed(0)
+    theirs = timm.layers.StdConv2d(16, 32, 3, stride=2, eps=1e-8)
+    theirs.weight.data.mul_(5).add_(1)  # far from standardised already
+    ours = StandardizedConv2d(16, 32, 3, stride=2, padding=1, bias=False)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    images = torch.randn(2, 16, 9, 12)
+    torch.testing.assert_close(ours(images), theirs(images), rtol=1e-4, atol=1e-4)
+    filters = ours.standardized_weight().flatten(1)
+    torch.testing.assert_close(filters.mean(1), torch.zeros(32), atol=1e-5, rtol=0)
+    torch.testing.assert_close(filters.var(1, correction=0), torch.ones(32), atol=1e-4, rtol=0)
+
+
+def test_bits_stem_pool_pads_with_zeros_which_a_pre_activation_stem_needs():
+    torch.manual_seed(0)
+    # timm's BiT (its resnetv2_*_bit builder) one block a stage: a fixed-padding stem, eps-1e-8 standardised convs.
+    reference = randomise_batch_norm(timm.models.resnetv2.ResNetV2(
+        layers=[1, 1, 1, 1], stem_type="fixed", conv_layer=functools.partial(timm.layers.StdConv2d, eps=1e-8))).eval()
+    ours = create_model("resnetv2_50x1_bit", layers=(1, 1, 1, 1)).eval()
+    unpadded = create_model("resnetv2_50x1_bit", layers=(1, 1, 1, 1), stem_pool_zero_padding=False).eval()
+    for model in (ours, unpadded):
+        load_weights(model, reference.state_dict())
+    assert max_output_difference(reference, ours, dtype=torch.float32) < 1e-4
+    assert max_output_difference(reference, unpadded, dtype=torch.float32) > 1e-3
+
+
+@pytest.mark.parametrize("name, conv", [("resnetv2_50d", "downsample.1"), ("resnetv2_50", "downsample.0")])
+def test_timms_pre_activation_shortcut_conv_goes_where_the_model_has_it(name, conv):
+    with torch.device("meta"):
+        reference, ours = timm.create_model(name), create_model(name)
+    converted, layout = to_resnetlab_layout(reference.state_dict(), target_keys=ours.state_dict().keys())
+    assert layout == "timm-resnetv2" and f"layer2.0.{conv}.weight" in converted
+    assert converted.keys() == ours.state_dict().keys()

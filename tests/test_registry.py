@@ -137,3 +137,27 @@ def test_deep_stems_are_three_3x3_convs_halving_the_side_once(name, widths):
 def test_wrong_stem_options_are_one_sentence_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         create_model("resnet18", **options)
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("resnet18", dict(stage_blocks=("basic", "bottleneck")), "stage_blocks needs one of basic or bottleneck for each "
+                                                             "of the 4 stages"),
+    ("resnet18", dict(stage_blocks=("basic", "basic", "preact_basic", "basic")), "stage_blocks needs one of basic"),
+    ("resnet18", dict(stage_blocks=("basic",) * 4, groups=2), "basic blocks support only groups=1"),
+    ("resnet50", dict(norm="evonorm_s0"), "norm 'evonorm_s0' and weight_standardization are for pre-activation"),
+    ("resnet50", dict(weight_standardization=True), "bottleneck blocks are post-activation"),
+    ("resnetv2_50d_evos", dict(stem_width=24), "norm 'evonorm_s0' splits channels into 32 groups"),
+    ("cifar_preact_resnet164", dict(stem_pool_zero_padding=True), "the cifar stem has none"),
+    ("resnetv2_50x1_bit", dict(replace_stem_pool=True), "stem_pool_zero_padding pads the stem's max-pool"),
+])
+def test_wrong_block_and_norm_options_are_one_sentence_errors(name, options, message):
+    with pytest.raises(ConfigError, match=message):
+        create_model(name, **options)
+
+
+def test_test_resnet_runs_a_bottleneck_stage_between_basic_ones():
+    model = create_model("test_resnet")
+    assert [type(stage[0]).__name__ for stage in model.stages] == ["BasicBlock", "BasicBlock", "Bottleneck",
+                                                                      "BasicBlock"]
+    assert [info["num_chs"] for info in model.feature_info] == [32, 32, 48, 192, 96]
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)

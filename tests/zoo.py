@@ -7,7 +7,7 @@ from resnetlab.models import HRNetConfig, model_config
 # Above 300M parameters: checked by parameter count and key shapes on the meta device only
 # (tests/test_reference_equivalence.py asserts this set is exactly those), since running one takes
 # gigabytes and tens of seconds.
-LARGEST = {"resnext101_32x32d"}  # 469M
+LARGEST = {"resnext101_32x32d", "resnetv2_101x3_bit", "resnetv2_152x4_bit"}  # 469M, 388M, 937M
 LARGEST_PARAMS = 300_000_000
 
 

@@ -58,7 +58,9 @@ def cmd_models(args: argparse.Namespace, console: Console) -> None:
         model = _meta_model(name)
         rows = stage_table(model, args.input_size)
         size = args.input_size or (model.preprocessing.input_size,) * 2
-        table.add_row(name, ", ".join(aliases_of(name)), model.config.block, "-".join(map(str, model.config.layers)),
+        config = model.config
+        block = "/".join(config.stage_blocks) if getattr(config, "stage_blocks", None) else config.block
+        table.add_row(name, ", ".join(aliases_of(name)), block, "-".join(map(str, config.layers)),
                       f"{count_parameters(model) / 1e6:.2f}M", f"{sum(r.macs for r in rows) / 1e9:.3f}",
                       f"{size[0]}x{size[1]}")
     console.print(table)

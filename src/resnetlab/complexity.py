@@ -18,6 +18,7 @@ from torchvision.ops import DeformConv2d
 from .models.blocks import (BlurPool, ConvNorm, Res2NetBottleneck, ResNeStBottleneck, SelectiveKernel, SplitAttention,
                             SqueezeExcite)
 from .models.hrnet import HRNet
+from .models.norms import EvoNormS0, FilterResponseNorm, StandardizedConv2d
 from .models.resnet import ResNet
 
 _COUNTED = (nn.Conv2d, DeformConv2d, nn.Linear)
@@ -119,7 +120,7 @@ def _hrnet_parts(model: HRNet) -> list[tuple]:
     classes = model.config.num_classes
     head = (f"bottlenecks to {widened}, merged by 3x3/2 convs; 1x1, {model.num_features}; avg-pool"
             + (f", fc {model.num_features}->{classes}" if classes else ""))
-    parts.append(("head", lambda branches: model.forward_head(model.forward_aggregate(branches)),
+    parts.append(("head", lambda branches: model.forward_head(model.forward_merge(model.forward_widen(branches))),
                   [model.incre_modules, model.downsamp_modules, model.final_layer, model.classifier], head, 1))
     return parts
 
@@ -168,7 +169,17 @@ def _stem_structure(model: ResNet) -> str:
         pool = "conv 3x3" + (f", {config.aa} pool" if config.aa else "")
     else:
         pool = {None: "max-pool 3x3", "blur": "max-pool 3x3, blur pool", "avg": "avg-pool 2x2"}[config.aa]
+        pool += " (zero padding)" if config.stem_pool_zero_padding else ""
     return f"{text}; {pool}, /2"
+
+
+def _norm_text(norm: nn.Module) -> str:
+    """A norm and the activation after it, in a structure column."""
+    if isinstance(norm, nn.GroupNorm):
+        return "GN-ReLU"
+    if isinstance(norm, EvoNormS0):
+        return "EvoNorm-S0"
+    return "FRN-TLU" if isinstance(norm, FilterResponseNorm) else "BN-ReLU"
 
 
 def _selective_kernel_text(kernel: SelectiveKernel) -> str:
@@ -186,7 +197,9 @@ def _block_structure(block: nn.Module) -> str:
         texts[1] += f", split attention (radix {block.conv2.radix})"
     text = "[" + "; ".join(texts) + "]"
     if block.preact:
-        text = "pre-act " + text
+        norm = "" if isinstance(block.bn1, nn.BatchNorm2d) else f" {_norm_text(block.bn1)}"
+        standardised = " weight-std" if isinstance(block.conv1, StandardizedConv2d) else ""
+        text = f"pre-act{norm}{standardised} {text}"
     if getattr(block, "aa", None) is not None:
         text += f" + {'blur' if isinstance(block.aa, BlurPool) else 'avg'} pool /2"
     if getattr(block, "se", None) is not None:
@@ -195,6 +208,6 @@ def _block_structure(block: nn.Module) -> str:
 
 
 def _head_structure(model: ResNet) -> str:
-    prefix = "BN-ReLU, " if model.final_bn is not None else ""
+    prefix = f"{_norm_text(model.final_bn)}, " if model.final_bn is not None else ""
     classes = model.config.num_classes
     return prefix + (f"avg-pool, fc {model.num_features}->{classes}" if classes else "avg-pool")

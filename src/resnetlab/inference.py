@@ -18,6 +18,7 @@ from torch.fx.experimental.optimization import fuse
 
 from .errors import ConfigError
 from .models.blocks import DeformableConv3x3
+from .models.norms import fold_weight_standardization
 from .export import onnx_bytes, onnxruntime_runner, openvino_runner, quiet_tracing, refuse_deformable_onnx
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
@@ -50,11 +51,14 @@ class _Tracer(torch.fx.Tracer):
 
 
 def fold_batch_norm(model: nn.Module) -> nn.Module:
-    """An inference copy with every BN that follows a convolution folded into that convolution.
+    """An inference copy with every BN that follows a convolution folded into that convolution, and
+    weight-standardised convolutions (BiT) holding their standardised filters.
 
-    The BNs of pre-activation blocks come before their convolution and stay: they are left alone.
+    The BNs of pre-activation blocks come before their convolution and stay: they are left alone, as
+    are GroupNorm, EvoNorm and FRN, which depend on the image.
     """
     model = copy.deepcopy(model).eval()
+    fold_weight_standardization(model)
     traced = torch.fx.GraphModule(model, _Tracer().trace(model))
     return fuse(traced, inplace=True, no_trace=True)
 

@@ -1,6 +1,6 @@
-"""ResNets as backbones: multi-scale feature maps, a feature pyramid for detection, DeepLabV3 for segmentation."""
-from .features import FeatureInfo, ResNetFeatures
+"""Backbones: multi-scale feature maps of ResNets and HRNets, a feature pyramid, DeepLabV3 for segmentation."""
+from .features import FeatureInfo, HRNetFeatures, ResNetFeatures
 from .pyramid import ResNetFPN, fpn
 from .segmentation import deeplabv3
 
-__all__ = ["FeatureInfo", "ResNetFPN", "ResNetFeatures", "deeplabv3", "fpn"]
+__all__ = ["FeatureInfo", "HRNetFeatures", "ResNetFPN", "ResNetFeatures", "deeplabv3", "fpn"]

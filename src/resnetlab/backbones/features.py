@@ -1,4 +1,4 @@
-"""A ResNet as a backbone: the feature maps of its stem and stages instead of class scores."""
+"""A ResNet or an HRNet as a backbone: the feature maps of its stem and stages instead of class scores."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,6 +8,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.freezing import freeze_modules, keep_frozen_in_eval
+from ..models.hrnet import NUM_BRANCHES, HRNet
 from ..models.resnet import ResNet, stem_and_stages
 
 
@@ -24,7 +25,31 @@ class FeatureInfo(list):
         return [info["module"] for info in self]
 
 
-class ResNetFeatures(nn.Module):
+class Backbone(nn.Module):
+    """What every backbone here shares: frozen modules stay in eval mode through ``train()``, and with
+    ``norm_eval`` every BatchNorm does, so small detection batches do not overwrite pretrained statistics."""
+
+    norm_eval = False
+
+    def freeze_as_told(self, classifier: nn.Module, frozen: list[nn.Module]) -> None:
+        """Freeze ``frozen``, and what the classifier had frozen among the modules kept; then take its mode."""
+        kept = {id(module) for module in self.modules()}
+        inherited = [module for module in classifier.frozen_modules if id(module) in kept]
+        freeze_modules(self, frozen + inherited)
+        self.train(classifier.training)
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if mode:
+            keep_frozen_in_eval(self)
+            if self.norm_eval:
+                for module in self.modules():
+                    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+                        module.eval()
+        return self
+
+
+class ResNetFeatures(Backbone):
     """The stem and stages of a ``ResNet``; ``forward`` returns the feature maps at ``out_indices``.
 
     Index 0 is the stem's activation, taken before the max-pool (stride 2 on ImageNet nets,
@@ -67,10 +92,7 @@ class ResNetFeatures(nn.Module):
         self.final_bn = model.final_bn if deepest == num_stages else None
 
         # Frozen here, or already frozen in the classifier (``model.freeze``): both stay frozen.
-        kept = {id(module) for module in self.modules()}
-        inherited = [module for module in model.frozen_modules if id(module) in kept]
-        freeze_modules(self, (stem_and_stages(self, frozen_stages) if frozen_stages is not None else []) + inherited)
-        self.train(model.training)
+        self.freeze_as_told(model, stem_and_stages(self, frozen_stages) if frozen_stages is not None else [])
 
     # The classifier's forward pieces; they read only the modules kept above.
     forward_stem = ResNet.forward_stem
@@ -91,16 +113,60 @@ class ResNetFeatures(nn.Module):
                 features.append(self.forward_final_norm(x) if index == len(self.stages) else x)
         return features
 
-    def train(self, mode: bool = True) -> ResNetFeatures:
-        super().train(mode)
-        if mode:
-            keep_frozen_in_eval(self)
-            if self.norm_eval:
-                for module in self.modules():
-                    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-                        module.eval()
-        return self
 
+class HRNetFeatures(Backbone):
+    """An HRNet's stem, stages and the head's widening bottlenecks; ``forward`` returns the maps at
+    ``out_indices``: 0 the stem's first activation (1/2), 1..4 the four branches as the head widens them
+    (1/4 to 1/32), timm's HRNet ``features_only``. The head's merge and classifier are dropped, and the
+    widening past the deepest index; every stage stays, since all four branches come out of the last one.
+
+    Modules keep the classifier's names, so its state dict, less the dropped head, loads. ``frozen_stages``
+    (the stem, then ``layer1`` and each transition with its stage) and ``norm_eval`` as ``ResNetFeatures``.
+    """
+
+    def __init__(self, model: HRNet, out_indices: Sequence[int] | None = None,
+                 frozen_stages: int | None = None, norm_eval: bool = False):
+        super().__init__()
+        out_indices = check_backbone_options(model.arch, NUM_BRANCHES, out_indices, frozen_stages)
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.feature_info = FeatureInfo(model.feature_info[i] for i in out_indices)
+        self.grad_checkpointing = model.grad_checkpointing
+        self.stage_names = model.stage_names
+        for name in ("conv1", "bn1", "act1", "conv2", "bn2", "act2", "layer1",
+                     *(f"transition{stage}" for stage in range(1, NUM_BRANCHES)), *model.stage_names):
+            self.add_module(name, getattr(model, name))
+        self.incre_modules = model.incre_modules[:max(out_indices)]
+
+        self.freeze_as_told(model, HRNet.stem_and_stages(self, frozen_stages) if frozen_stages is not None else [])
+
+    # The classifier's forward pieces; they read only the modules kept above.
+    forward_stem_activation = HRNet.forward_stem_activation
+    forward_layer1 = HRNet.forward_layer1
+    forward_stage = staticmethod(HRNet.forward_stage)
+    forward_branches = HRNet.forward_branches
+    forward_widen = HRNet.forward_widen
+    set_grad_checkpointing = HRNet.set_grad_checkpointing
+    stages = HRNet.stages
+    transitions = HRNet.transitions
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.forward_stem_activation(x)
+        features = [x] if 0 in self.out_indices else []
+        if max(self.out_indices) == 0:
+            return features
+        branches = self.forward_branches(self.act2(self.bn2(self.conv2(x))))
+        return features + [map_ for index, map_ in enumerate(self.forward_widen(branches), start=1)
+                           if index in self.out_indices]
+
+
+
+def backbone_of(model: ResNet | HRNet, out_indices: Sequence[int] | None = None, frozen_stages: int | None = None,
+                norm_eval: bool = False) -> ResNetFeatures | HRNetFeatures:
+    """The backbone of a classifier: ``HRNetFeatures`` for an HRNet, ``ResNetFeatures`` for a ResNet."""
+    backbone = HRNetFeatures if isinstance(model, HRNet) else ResNetFeatures
+    return backbone(model, out_indices, frozen_stages, norm_eval)
 
 
 def check_backbone_options(arch: str, num_stages: int, out_indices: Sequence[int] | None,
@@ -109,7 +175,7 @@ def check_backbone_options(arch: str, num_stages: int, out_indices: Sequence[int
 
     Needs only the architecture's stage count, so ``create_model`` calls it before building.
     """
-    valid = f"{arch} has features 0 (the stem) to {num_stages} (layer{num_stages})"
+    valid = f"{arch} has features 0 (the stem) to {num_stages} (its last stage)"
     if out_indices is None:
         out_indices = tuple(range(1, num_stages + 1))
     out_indices = tuple(out_indices)

@@ -1,4 +1,4 @@
-"""ResNet + feature pyramid network: the backbone torchvision's detection models expect."""
+"""ResNet (or HRNet) + feature pyramid network: the backbone torchvision's detection models expect."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -9,10 +9,9 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, FeaturePyrami
 
 from ..errors import ConfigError
 from ..models.checkpoint import WeightsSource
-from ..models.registry import model_config
-from ..models.resnet import ResNet
+from ..models.registry import build_model, model_config
 from ..models.weights import load_weights
-from .features import ResNetFeatures, check_backbone_options
+from .features import HRNetFeatures, ResNetFeatures, backbone_of, check_backbone_options
 
 # torchvision's default for a pretrained detection backbone: layer2..layer4 train, the stem and
 # layer1 (generic edges and textures) stay as pretrained.
@@ -20,13 +19,13 @@ PRETRAINED_TRAINABLE_STAGES = 3
 
 
 class ResNetFPN(nn.Module):
-    """``body`` (a ``ResNetFeatures``) followed by an FPN; returns ``{"0": P2, ..., "pool": P6}``.
+    """``body`` (a ``ResNetFeatures`` or ``HRNetFeatures``) followed by an FPN; returns ``{"0": P2, ..., "pool": P6}``.
 
     The keys and the ``out_channels`` attribute are what torchvision's ``FasterRCNN``,
     ``MaskRCNN`` and ``RetinaNet`` read, so this plugs straight into them.
     """
 
-    def __init__(self, body: ResNetFeatures, out_channels: int = 256,
+    def __init__(self, body: ResNetFeatures | HRNetFeatures, out_channels: int = 256,
                  extra_blocks: ExtraFPNBlock | None = None):
         super().__init__()
         self.body = body
@@ -42,7 +41,7 @@ class ResNetFPN(nn.Module):
 def fpn(name: str, out_channels: int = 256, trainable_stages: int | None = None, *,
         weights: WeightsSource | None = None, out_indices: tuple[int, ...] | None = None,
         norm_eval: bool = False, extra_blocks: ExtraFPNBlock | None = None, **options) -> ResNetFPN:
-    """A registered ResNet with a feature pyramid on its stages, ready for torchvision detection.
+    """A registered ResNet or HRNet with a feature pyramid on its stages, ready for torchvision detection.
 
     ``trainable_stages`` counts from the top as torchvision's ``trainable_layers``: 3 trains
     layer2..layer4, N + 1 trains everything including the stem. None means 3 when ``weights``
@@ -79,8 +78,8 @@ def fpn(name: str, out_channels: int = 256, trainable_stages: int | None = None,
     frozen_stages = None if trainable_stages == num_stages + 1 else num_stages - trainable_stages
     check_backbone_options(name, num_stages, out_indices, frozen_stages)  # before the build
 
-    model = ResNet(config, arch=name)
+    model = build_model(config, arch=name)
     if weights is not None:
         load_weights(model, weights)
-    body = ResNetFeatures(model, out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)
+    body = backbone_of(model, out_indices, frozen_stages=frozen_stages, norm_eval=norm_eval)
     return ResNetFPN(body, out_channels, extra_blocks)

@@ -81,6 +81,8 @@ def prunable(model: ResNet, keep_stream: bool) -> None:
         raise ConfigError(f"pruning is for ResNets, and {model.arch} is an HRNet: its fusion layers tie every "
                           "branch's channels to the others' (not supported)")
     config = model.config
+    if config.stage_blocks is not None:
+        raise ConfigError("pruning networks that mix block kinds across stages (stage_blocks) is not supported")
     if config.block not in STREAM_WRITERS:
         raise ConfigError(f"pruning {config.block} blocks is not supported: their 3x3 is split into parts whose "
                           "channels would have to go together")
@@ -98,8 +100,11 @@ def prunable(model: ResNet, keep_stream: bool) -> None:
         raise ConfigError("pruning networks whose first 1x1s have widths of their own (SENet-154, timm's pruned "
                           "ECA nets) is not supported: prune keeps one inner width per block")
     if config.norm != "batch":
-        raise ConfigError(f"pruning {config.norm} norm models is not supported: group norm needs every width "
-                          "to stay a multiple of its 32 groups")
+        raise ConfigError(f"pruning {config.norm} norm models is not supported: pruning ranks and slices "
+                          "channels by their BN layers, and group, EvoNorm and filter response norms are not BN")
+    if config.weight_standardization:
+        raise ConfigError("pruning weight-standardised models (BiT) is not supported: a filter's standardised "
+                          "values depend on all of its input channels, so slicing them changes the rest")
     if config.replace_stem_pool and not keep_stream:
         raise ConfigError("pruning the residual stream of ResNet-RS models is not supported (their stem pool "
                           "is a convolution on it); leave out --prune-stream to prune inner channels only")

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import DeformConv2d, StochasticDepth
 
+from .norms import activation_after, norm_layer
+
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1, groups: int = 1,
             deformable: bool = False, dilation: int = 1) -> nn.Module:
@@ -37,14 +39,6 @@ def conv1x1(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False)
 
 
-NORMS = ("batch", "group")
-
-
-def norm_layer(kind: str, channels: int) -> nn.Module:
-    """BatchNorm, or GroupNorm of 32 groups (Wu & He, ECCV 2018), which does not depend on the batch."""
-    return nn.BatchNorm2d(channels) if kind == "batch" else nn.GroupNorm(32, channels)
-
-
 def deep_stem(in_channels: int, width: int, out_channels: int, tiered: bool = False,
               norm: str = "batch") -> nn.Sequential:
     """Three 3x3 convolutions in place of the 7x7, the first at stride 2 (ResNet-C, He et al. 2019).
@@ -55,8 +49,8 @@ def deep_stem(in_channels: int, width: int, out_channels: int, tiered: bool = Fa
     first = 3 * (width // 4) if tiered else width
     return nn.Sequential(
         nn.Conv2d(in_channels, first, 3, stride=2, padding=1, bias=False), norm_layer(norm, first),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(first, width, 3, padding=1, bias=False), norm_layer(norm, width), nn.ReLU(inplace=True),
+        activation_after(norm),
+        nn.Conv2d(first, width, 3, padding=1, bias=False), norm_layer(norm, width), activation_after(norm),
         nn.Conv2d(width, out_channels, 3, padding=1, bias=False))
 
 
@@ -305,7 +299,7 @@ class PreActBasicBlock(nn.Module):
         self.conv1 = conv3x3(in_channels, mid_channels, stride, deformable=deformable, dilation=first_dilation)
         self.bn2 = norm_layer(norm, mid_channels)
         self.conv2 = conv3x3(mid_channels, out_channels, deformable=deformable, dilation=dilation)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = activation_after(norm)  # nothing after a self-activating norm
         self.downsample = shortcut
         self.drop_path = _drop_path(drop_path)
 
@@ -344,7 +338,7 @@ class PreActBottleneck(nn.Module):
         self.conv2 = conv3x3(mid_channels, mid_channels, stride_3x3, groups, deformable, first_dilation)
         self.bn3 = norm_layer(norm, mid_channels)
         self.conv3 = conv1x1(mid_channels, out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = activation_after(norm)  # nothing after a self-activating norm
         self.downsample = shortcut
         self.drop_path = _drop_path(drop_path)
 

@@ -8,6 +8,7 @@ unchanged; the residual blocks are resnetlab's own, which share timm's names.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ from ..preprocessing import IMAGENET, Preprocessing
 from .blocks import BasicBlock, Bottleneck, conv1x1
 from .freezing import freeze_modules, keep_frozen_in_eval
 from .grad_checkpointing import checkpointed
+from .resnet import intermediate_indices
 
 NUM_BRANCHES = 4  # the classification head widens and merges exactly four
 STEM_CHANNELS = 64  # the second stem conv's width in every HRNet
@@ -245,8 +247,12 @@ class HRNet(nn.Module):
             if isinstance(module, MultiResolutionModule):
                 module.grad_checkpointing = enable
 
+    def forward_stem_activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem's first conv-BN-ReLU (1/2): feature 0 of ``features_only`` and ``forward_intermediates``."""
+        return self.act1(self.bn1(self.conv1(x)))
+
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act1(self.bn1(self.conv1(x)))
+        x = self.forward_stem_activation(x)
         return self.act2(self.bn2(self.conv2(x)))
 
     def forward_layer1(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -258,19 +264,50 @@ class HRNet(nn.Module):
         branches = [layer(x) for layer, x in zip(transition_layers, branches)] + [transition_layers[-1](branches[-1])]
         return stage(branches)
 
-    def forward_aggregate(self, branches: list[torch.Tensor]) -> torch.Tensor:
-        """The head's merge: each branch widened, added to the higher ones brought down to its resolution."""
+    def forward_branches(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """From the stem's output to the last stage's four branches, 1/4 to 1/32."""
+        branches = self.forward_layer1(x)
+        for transition_layers, stage in zip(self.transitions, self.stages):
+            branches = self.forward_stage(transition_layers, stage, branches)
+        return branches
+
+    def forward_widen(self, branches: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each branch (as many as there are ``incre_modules``) widened by the head's bottleneck."""
+        return [run_blocks(incre, x, self.grad_checkpointing) for incre, x in zip(self.incre_modules, branches)]
+
+    def forward_merge(self, widened: list[torch.Tensor]) -> torch.Tensor:
+        """The head's merge: each widened branch added to the higher ones brought down to its resolution."""
         y = None
-        for i, (incre, x) in enumerate(zip(self.incre_modules, branches)):
-            x = run_blocks(incre, x, self.grad_checkpointing)
+        for i, x in enumerate(widened):
             y = x if y is None else x + self.downsamp_modules[i - 1](y)
         return self.final_layer(y)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        branches = self.forward_layer1(self.forward_stem(x))
-        for transition_layers, stage in zip(self.transitions, self.stages):
-            branches = self.forward_stage(transition_layers, stage, branches)
-        return self.forward_aggregate(branches)
+        return self.forward_merge(self.forward_widen(self.forward_branches(self.forward_stem(x))))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor | list[torch.Tensor], list[torch.Tensor]]:
+        """timm's interface: the features and the maps at ``indices``: 0 the stem's first activation (1/2),
+        1..4 the four branches as the head widens them (1/4 to 1/32; timm's ``features_only`` taps).
+
+        The branches all come out of the last stage together, so ``stop_early`` saves only the widening
+        past the deepest index, and the features are then the branches, unmerged (as timm). An HRNet has
+        no final norm: ``norm`` changes nothing.
+        """
+        if output_fmt != "NCHW":
+            raise ConfigError(f"output_fmt {output_fmt!r} is not available; HRNet feature maps are NCHW")
+        taken = intermediate_indices(NUM_BRANCHES + 1, indices)
+        x = self.forward_stem_activation(x)
+        intermediates = [x] if 0 in taken else []
+        if stop_early and max(taken) == 0:
+            return intermediates if intermediates_only else (x, intermediates)
+        branches = self.forward_branches(self.act2(self.bn2(self.conv2(x))))
+        widened = self.forward_widen(branches[:max(taken)] if stop_early else branches)
+        intermediates += [map_ for index, map_ in enumerate(widened, start=1) if index in taken]
+        if intermediates_only:
+            return intermediates
+        return (self.forward_merge(widened) if len(widened) == NUM_BRANCHES else branches), intermediates
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = torch.flatten(self.global_pool(x), 1)

@@ -11,7 +11,7 @@ from .hrnet import HRNET_MODELS, HRNet, HRNetConfig
 from .resnet import ResNet, ResNetConfig
 
 if TYPE_CHECKING:
-    from ..backbones.features import ResNetFeatures
+    from ..backbones.features import HRNetFeatures, ResNetFeatures
 
 _CIFAR = dict(stem="cifar", stem_channels=16, channels=(16, 32, 64), num_classes=10)
 
@@ -44,6 +44,14 @@ _ECA = dict(attention="eca")
 # ResNet-RS (Bello et al. 2021): ResNet-D with a strided conv for the stem's pool and SE of a quarter width.
 _RS = dict(_D, replace_stem_pool=True, attention="se", se_reduction=4)
 # SENet-154 (Hu et al. 2018): a 128-wide deep stem, 3x3 strided shortcuts, first 1x1s half as wide.
+# BiT (Kolesnikov et al., ECCV 2020): pre-activation bottlenecks with GroupNorm and weight-standardised
+# convs, the stem's pool padding with zeros as TensorFlow did; "xN" multiplies every width by N.
+def _bit(layers: tuple[int, ...], width: int) -> ResNetConfig:
+    return ResNetConfig(block="preact_bottleneck", layers=layers, channels=tuple(c * width for c in (64, 128, 256, 512)),
+                        stem_channels=64 * width, norm="group", weight_standardization=True,
+                        stem_pool_zero_padding=True)
+
+
 _SENET154 = dict(_S, groups=64, width_per_group=4, down_kernel_size=3, block_reduce_first=2, attention="se")
 # timm's ECA ResNet-Ds pruned by knapsack search (Aflalo et al. 2020, arXiv:2002.08258), per-block widths
 # read from timm's _pruned/*.txt: every 3x3 (mid), first 1x1 (first) and the stream after each stage.
@@ -172,8 +180,28 @@ MODELS: dict[str, ResNetConfig] = {
     "resnetrs152": ResNetConfig(layers=_152, **_RS),
     "resnetrs200": ResNetConfig(layers=_200, **_RS),
     "resnetrs270": ResNetConfig(layers=(4, 29, 53, 4), **_RS),
+    # timm's tiny test network: a different block kind in its third stage.
+    "test_resnet": ResNetConfig(block="basic", stage_blocks=("basic", "basic", "bottleneck", "basic"),
+                                layers=(1, 1, 1, 1), channels=(32, 48, 48, 96), stem_type="deep", stem_width=16,
+                                stem_channels=32, avg_down=True),
     "resnetrs350": ResNetConfig(layers=(4, 36, 72, 4), **_RS),
     "resnetrs420": ResNetConfig(layers=(4, 44, 87, 4), **_RS),
+    # timm's pre-activation family (timm.models.resnetv2): ResNet-D stems and shortcuts, other norms, BiT.
+    "resnetv2_18d": ResNetConfig(block="preact_basic", layers=_18, **_D),
+    "resnetv2_34d": ResNetConfig(block="preact_basic", layers=_34, **_D),
+    "resnetv2_50d": ResNetConfig(block="preact_bottleneck", layers=_50, **_D),
+    "resnetv2_50t": ResNetConfig(block="preact_bottleneck", layers=_50, **_T),
+    "resnetv2_101d": ResNetConfig(block="preact_bottleneck", layers=_101, **_D),
+    "resnetv2_152d": ResNetConfig(block="preact_bottleneck", layers=_152, **_D),
+    "resnetv2_50d_gn": ResNetConfig(block="preact_bottleneck", layers=_50, **_D, norm="group"),
+    "resnetv2_50d_evos": ResNetConfig(block="preact_bottleneck", layers=_50, **_D, norm="evonorm_s0"),
+    "resnetv2_50d_frn": ResNetConfig(block="preact_bottleneck", layers=_50, **_D, norm="frn"),
+    "resnetv2_50x1_bit": _bit(_50, 1),
+    "resnetv2_50x3_bit": _bit(_50, 3),
+    "resnetv2_101x1_bit": _bit(_101, 1),
+    "resnetv2_101x3_bit": _bit(_101, 3),
+    "resnetv2_152x2_bit": _bit(_152, 2),
+    "resnetv2_152x4_bit": _bit(_152, 4),
     "cifar_resnet20": _cifar_resnet(20),
     "cifar_resnet32": _cifar_resnet(32),
     "cifar_resnet44": _cifar_resnet(44),
@@ -243,7 +271,7 @@ def build_model(config: ResNetConfig | HRNetConfig, arch: str = "custom") -> Res
 
 def create_model(name: str, num_classes: int | None = None, *, features_only: bool = False,
                  out_indices: tuple[int, ...] | None = None, frozen_stages: int | None = None,
-                 norm_eval: bool = False, **options) -> ResNet | HRNet | ResNetFeatures:
+                 norm_eval: bool = False, **options) -> ResNet | HRNet | ResNetFeatures | HRNetFeatures:
     """Build a registered ResNet or HRNet, randomly initialised (He init; BN weight 1, bias 0).
 
     ``num_classes`` defaults to the architecture's own (1000 for ImageNet nets, 10 for the
@@ -252,9 +280,9 @@ def create_model(name: str, num_classes: int | None = None, *, features_only: bo
     ``drop_path_rate``, ``groups``, ``width_per_group``, ``stride_in_1x1``, ``layers``, ...;
     an HRNet's are ``HRNetConfig`` fields (``widths``, ``modules``, ``blocks``, ...).
 
-    ``features_only=True`` returns a ``ResNetFeatures`` backbone instead: its forward gives
-    the feature maps at ``out_indices`` (0 the stem, 1..N the stages; default all stages),
-    with ``frozen_stages`` and ``norm_eval`` as documented there.
+    ``features_only=True`` returns a ``ResNetFeatures`` (or ``HRNetFeatures``) backbone instead: its
+    forward gives the feature maps at ``out_indices`` (0 the stem, 1..N the stages, or an HRNet's four
+    widened branches; default all but the stem), with ``frozen_stages`` and ``norm_eval`` as documented there.
     """
     name = canonical_name(name)
     config = model_config(name, num_classes, **options)
@@ -263,11 +291,8 @@ def create_model(name: str, num_classes: int | None = None, *, features_only: bo
             raise ConfigError("out_indices, frozen_stages and norm_eval shape a backbone; "
                               "pass features_only=True with them")
         return build_model(config, arch=name)
-    if isinstance(config, HRNetConfig):
-        raise ConfigError(f"features_only is not available for HRNet ({name}) yet; build the classifier and hook "
-                          "the modules its feature_info names (act1, incre_modules.0 to 3)")
     # Imported here because resnetlab.backbones builds on this registry (fpn calls create_model).
-    from ..backbones.features import ResNetFeatures, check_backbone_options
+    from ..backbones.features import backbone_of, check_backbone_options
 
     check_backbone_options(name, len(config.layers), out_indices, frozen_stages)  # before the build
-    return ResNetFeatures(ResNet(config, arch=name), out_indices, frozen_stages, norm_eval)
+    return backbone_of(build_model(config, arch=name), out_indices, frozen_stages, norm_eval)

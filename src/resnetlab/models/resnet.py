@@ -12,13 +12,15 @@ from torchvision.ops import DeformConv2d
 from ..config import check_types
 from ..errors import ConfigError
 from ..preprocessing import CIFAR10, IMAGENET, Preprocessing
-from .blocks import (ANTI_ALIASING, ATTENTIONS, BLOCKS, NORMS, BlurPool, DeformableConv3x3, SamePadAvgPool,
-                     ZeroPadShortcut, anti_alias, attention_module, conv1x1, deep_stem, norm_layer)
+from .blocks import (ANTI_ALIASING, ATTENTIONS, BLOCKS, BlurPool, DeformableConv3x3, SamePadAvgPool, ZeroPadShortcut,
+                     anti_alias, attention_module, conv1x1, deep_stem)
 from .freezing import freeze_modules, keep_frozen_in_eval
 from .grad_checkpointing import checkpointed
+from .norms import NORMS, SELF_ACTIVATING_NORMS, activation_after, norm_layer, standardize_convolutions
 
 STEMS = ("imagenet", "cifar")
 STEM_TYPES = ("plain", "deep", "deep_tiered")
+MIXABLE_BLOCKS = {"basic", "bottleneck"}  # the kinds stage_blocks may mix: post-activation, no options of their own
 SHORTCUTS = ("projection", "zero_pad")
 OUTPUT_STRIDES = (8, 16, 32)
 
@@ -29,6 +31,8 @@ class ResNetConfig:
 
     # basic | bottleneck | preact_basic | preact_bottleneck | res2net | resnest | sk_basic | sk_bottleneck
     block: str = "bottleneck"
+    # One block kind per stage, mixing "basic" and "bottleneck" (timm's test_resnet); None: block everywhere.
+    stage_blocks: tuple[str, ...] | None = None
     layers: tuple[int, ...] = (3, 4, 6, 3)  # residual blocks per stage
     channels: tuple[int, ...] = (64, 128, 256, 512)  # per stage; a block outputs channels * expansion
     stem: str = "imagenet"  # imagenet: 7x7/2 conv + 3x3/2 max-pool; cifar: 3x3/1 conv
@@ -43,6 +47,9 @@ class ResNetConfig:
     avg_down: bool = False
     # The stem's max-pool becomes a 3x3/2 conv-BN-ReLU of the stem's width (ResNet-RS, Bello et al. 2021).
     replace_stem_pool: bool = False
+    # The stem's max-pool pads with zeros rather than -inf (BiT's fixed padding): on a pre-activation
+    # stem, whose conv output is not yet rectified, the two differ at the border.
+    stem_pool_zero_padding: bool = False
     down_kernel_size: int = 1  # projection shortcuts' conv: 1, or 3 (SENet-154) where it strides
     # A block's first conv is block_reduce_first times narrower than its 3x3 (SENet-154: 2).
     block_reduce_first: int = 1
@@ -70,7 +77,11 @@ class ResNetConfig:
     # Anti-aliasing (Zhang 2019): strided 3x3s and the stem pool run at stride 1, then a "blur" pool
     # (a binomial filter) or an "avg" pool takes the stride; None keeps plain strides.
     aa: str | None = None
-    norm: str = "batch"  # batch | group (GroupNorm, 32 groups)
+    # batch | group (GroupNorm, 32 groups) | evonorm_s0 | frn (filter response norm): the last two are
+    # their own activation, for pre-activation blocks.
+    norm: str = "batch"
+    # Every conv standardises its filters as it runs (Qiao et al. 2019; BiT, with norm "group").
+    weight_standardization: bool = False
     # The input/output size ratio of the last stage: 16 or 8 turns the last strides into dilations,
     # for dense prediction (torchvision's replace_stride_with_dilation); the weights are the same.
     output_stride: int = 32
@@ -93,6 +104,8 @@ class ResNetConfig:
             object.__setattr__(self, "stream_channels", tuple(self.stream_channels))
         if self.first_channels is not None:
             object.__setattr__(self, "first_channels", tuple(tuple(stage) for stage in self.first_channels))
+        if self.stage_blocks is not None:
+            object.__setattr__(self, "stage_blocks", tuple(self.stage_blocks))
         if not isinstance(self.deformable, bool):
             object.__setattr__(self, "deformable", tuple(self.deformable))
         self._validate()
@@ -103,6 +116,11 @@ class ResNetConfig:
 
         if self.block not in BLOCKS:
             fail(f"unknown block {self.block!r}; choose one of {', '.join(BLOCKS)}")
+        if self.stage_blocks is not None and (
+                len(self.stage_blocks) != len(self.layers) or not set(self.stage_blocks) <= MIXABLE_BLOCKS
+                or self.block not in MIXABLE_BLOCKS or self.mid_channels is not None or self.first_channels is not None):
+            fail(f"stage_blocks needs one of basic or bottleneck for each of the {len(self.layers)} stages, with block "
+                 "basic or bottleneck and no per-block widths")
         if self.stem not in STEMS:
             fail(f"unknown stem {self.stem!r}; choose one of {', '.join(STEMS)}")
         if self.stem_type not in STEM_TYPES:
@@ -127,8 +145,12 @@ class ResNetConfig:
             fail(f"down_kernel_size must be 1 or 3, not {self.down_kernel_size}")
         if self.block_reduce_first < 1 or self.se_reduction < 1:
             fail("block_reduce_first and se_reduction must be positive")
-        if (self.replace_stem_pool or self.aa is not None) and self.stem != "imagenet":
-            fail(f"replace_stem_pool and aa change the ImageNet stem's pool; the {self.stem} stem has none")
+        changes_stem_pool = self.replace_stem_pool or self.aa is not None or self.stem_pool_zero_padding
+        if changes_stem_pool and self.stem != "imagenet":
+            fail(f"replace_stem_pool, stem_pool_zero_padding and aa change the ImageNet stem's pool; the {self.stem} "
+                 "stem has none")
+        if self.stem_pool_zero_padding and (self.replace_stem_pool or self.aa is not None):
+            fail("stem_pool_zero_padding pads the stem's max-pool, which replace_stem_pool and aa replace")
         if self.aa is not None and self.stride_in_1x1:
             fail("aa moves the 3x3's stride onto a pool; it cannot be combined with stride_in_1x1")
         if not self.layers or len(self.layers) != len(self.channels):
@@ -136,9 +158,9 @@ class ResNetConfig:
                  "number of stages (at least one)")
         if any(n < 1 for n in self.layers) or any(c < 1 for c in self.channels):
             fail("every stage needs at least one block and one channel")
-        if self.block_type.expansion == 1 and (self.groups != 1 or self.width_per_group != 64):
-            fail(f"{self.block} blocks support only groups=1 and width_per_group=64; "
-                 "use a bottleneck block for ResNeXt or Wide ResNet")
+        if min(self.expansions) == 1 and (self.groups != 1 or self.width_per_group != 64):
+            fail(f"{self.block if self.stage_blocks is None else 'basic'} blocks support only groups=1 and "
+                 "width_per_group=64; use a bottleneck block for ResNeXt or Wide ResNet")
         if self.groups < 1 or self.width_per_group < 1:
             fail("groups and width_per_group must be positive")
         if self.block in ("res2net", "resnest") and (
@@ -159,6 +181,9 @@ class ResNetConfig:
                                        or self.block_reduce_first != 1 or self.first_channels is not None):
             fail("attention, aa, block_reduce_first and first_channels are not available for pre-activation "
                  "blocks; use a post-activation block")
+        if not self.block_type.preact and (self.norm in SELF_ACTIVATING_NORMS or self.weight_standardization):
+            fail(f"norm {self.norm!r} and weight_standardization are for pre-activation blocks (timm's ResNetV2); "
+                 f"{self.block} blocks are post-activation")
         if self.first_channels is not None and (
                 self.block_type.expansion == 1 or tuple(len(stage) for stage in self.first_channels) != self.layers
                 or not all(w >= 1 for stage in self.first_channels for w in stage)):
@@ -173,8 +198,8 @@ class ResNetConfig:
         if conv_groups > 1 and any(w % conv_groups for stage in range(len(self.layers))
                                    for w in (*self.stage_mid_channels(stage), *self.stage_first_channels(stage))):
             fail(f"the grouped 3x3's input and output widths must be multiples of its {conv_groups} groups")
-        if self.norm == "group" and any(c % 32 for c in self._every_norm_width()):
-            fail("norm 'group' splits channels into 32 groups; every width must be a multiple of 32")
+        if self.norm in ("group", "evonorm_s0") and any(c % 32 for c in self._every_norm_width()):
+            fail(f"norm {self.norm!r} splits channels into 32 groups; every width must be a multiple of 32")
         if self.in_chans < 1:
             fail(f"in_chans must be at least 1, not {self.in_chans}")
         if self.num_classes < 0:
@@ -224,7 +249,16 @@ class ResNetConfig:
 
     @property
     def block_type(self) -> type[nn.Module]:
+        """The block class, where every stage has the same (see ``stage_block_type``)."""
         return BLOCKS[self.block]
+
+    def stage_block_type(self, stage: int) -> type[nn.Module]:
+        return BLOCKS[self.stage_blocks[stage]] if self.stage_blocks is not None else self.block_type
+
+    @property
+    def expansions(self) -> tuple[int, ...]:
+        """Each stage's block output width / its ``channels``: 1 for basic blocks, 4 for bottlenecks."""
+        return tuple(self.stage_block_type(stage).expansion for stage in range(len(self.layers)))
 
     @property
     def deformable_stages(self) -> tuple[int, ...]:
@@ -236,7 +270,7 @@ class ResNetConfig:
         """Inner (3x3) width of every block of a 0-based stage."""
         if self.mid_channels is not None:
             return self.mid_channels[stage]
-        if self.block_type.expansion == 1:  # the 3x3 is the block's first conv
+        if self.expansions[stage] == 1:  # the 3x3 is the block's first conv
             width = self.channels[stage] // self.block_reduce_first
         else:
             width = int(self.channels[stage] * (self.width_per_group / 64.0)) * self.groups
@@ -248,7 +282,7 @@ class ResNetConfig:
             return self.first_channels[stage]
         if self.block == "res2net":
             return tuple(width * self.res2net_scale for width in self.stage_mid_channels(stage))
-        if self.block_type.expansion == 1:
+        if self.expansions[stage] == 1:
             return self.stage_mid_channels(stage)
         return tuple(width // self.block_reduce_first for width in self.stage_mid_channels(stage))
 
@@ -276,7 +310,7 @@ class ResNetConfig:
     def nominal_stream_channels(self) -> tuple[int, ...]:
         """The stream's width after the stem and after each stage, unpruned: stem_channels, then
         channels * expansion."""
-        return (self.stem_channels, *(c * self.block_type.expansion for c in self.channels))
+        return (self.stem_channels, *(c * expansion for c, expansion in zip(self.channels, self.expansions)))
 
     @property
     def built_stream_channels(self) -> tuple[int, ...]:
@@ -327,7 +361,7 @@ class ResNet(nn.Module):
                                    tiered=config.stem_type == "deep_tiered", norm=config.norm)
         # A pre-activation network normalises inside its first block instead.
         self.bn1 = None if preact else norm_layer(config.norm, config.stem_out_channels)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = activation_after(config.norm)
         self.maxpool = self._stem_pool() if config.stem == "imagenet" else None
         stem_stride = 1 if config.stem == "cifar" else 2
 
@@ -349,7 +383,7 @@ class ResNet(nn.Module):
             blocks = []
             for i in range(num_blocks):
                 block_stride = stride if i == 0 else 1
-                blocks.append(config.block_type(
+                blocks.append(config.stage_block_type(stage)(
                     in_channels=in_channels,
                     mid_channels=mids[i],
                     out_channels=out_channels,
@@ -380,11 +414,14 @@ class ResNet(nn.Module):
         self.num_features = in_channels
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc: nn.Module = nn.Linear(in_channels, config.num_classes) if config.num_classes else nn.Identity()
+        if config.weight_standardization:
+            standardize_convolutions(self)
         self._init_weights()
 
     def _stem_pool(self) -> nn.Module:
-        """The stem's /2 after its conv: a 3x3 max-pool, anti-aliased (a stride-1 max-pool, then the blur
-        pool; or a 2x2 average pool) or, with replace_stem_pool, a strided 3x3 conv-BN-ReLU (timm's layouts)."""
+        """The stem's /2 after its conv: a 3x3 max-pool (padding with zeros, with stem_pool_zero_padding),
+        anti-aliased (a stride-1 max-pool, then the blur pool; or a 2x2 average pool) or, with
+        replace_stem_pool, a strided 3x3 conv-BN-ReLU (timm's layouts)."""
         config, width = self.config, self.config.stem_out_channels
         if config.replace_stem_pool:
             aa = anti_alias(config.aa, 2, width)
@@ -393,6 +430,8 @@ class ResNet(nn.Module):
                                  nn.ReLU(inplace=True))
         if config.aa == "blur":
             return nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), BlurPool(width, 2))
+        if config.stem_pool_zero_padding:
+            return nn.Sequential(nn.ConstantPad2d(1, 0.0), nn.MaxPool2d(3, stride=2))
         return anti_alias(config.aa, 2, width) or nn.MaxPool2d(3, stride=2, padding=1)
 
     def _shortcut(self, kind: str | None, in_channels: int, out_channels: int, stride: int, dilation: int,

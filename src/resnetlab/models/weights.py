@@ -52,7 +52,7 @@ def load_weights(model: ResNet | HRNet, source: WeightsSource) -> LoadReport:
     number of input channels adapts conv1's pretrained filters. Anything else that does
     not fit raises ``CheckpointError`` naming the keys.
     """
-    state, layout = to_resnetlab_layout(read_state_dict(source))
+    state, layout = to_resnetlab_layout(read_state_dict(source), target_keys=model.state_dict().keys())
     report = LoadReport(layout=layout)
     checkpoint = describe_architecture(state)  # before the head and stem are fitted to the model
     _fit_head(model, state, report)
