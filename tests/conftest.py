@@ -41,6 +41,7 @@ LONGEST_FIRST = (
     "test_features.py",  # 70 in 126 tests
     "test_reference_equivalence.py",  # 110 in 117 tests
     "test_registry.py",  # 50 in 100 tests
+    "test_pretrained.py",  # 55 in 231 tests
     "test_detection.py",  # 50
     "test_cli.py",  # 60
     "test_compress.py",  # 50

@@ -73,7 +73,7 @@ def test_train_help_gives_each_config_flag_its_default(capsys):
     assert f"peak learning rate for the global batch (default {defaults.optim.lr})" in help_text
     assert f"--schedule {{cosine,step,plateau,constant}} lr decay after the warmup (default {defaults.schedule.name})" \
         in help_text
-    assert "--weights WEIGHTS start from these weights: path, URL or run's .safetensors --freeze" in help_text
+    assert "--weights WEIGHTS start from these weights: a pretrained tag (resnet18.tv_in1k; `resnetlab weights list`), a path, URL or run's .safetensors --freeze" in help_text
 
 
 def test_python_dash_m_runs_the_cli():

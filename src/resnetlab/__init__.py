@@ -6,6 +6,7 @@ from .errors import CheckpointError, ConfigError, ResnetlabError
 from .models import (HRNet, HRNetConfig, LoadReport, ResNet, ResNetConfig, create_model, list_models, load_model,
                      load_weights, save_weights)
 from .preprocessing import Preprocessing
+from .pretrained import list_pretrained, pretrained_info
 
 __version__ = version("resnetlab")
 
@@ -24,6 +25,6 @@ def __getattr__(name: str):
 
 __all__ = [
     "CheckpointError", "ConfigError", "HRNet", "HRNetConfig", "LoadReport", "Preprocessing", "ResNet", "ResNetConfig",
-    "ResnetlabError", "count_macs", "count_parameters", "create_model", "list_models",
-    "load_model", "load_weights", "save_weights", "stage_table", *_LAZY,
+    "ResnetlabError", "count_macs", "count_parameters", "create_model", "list_models", "list_pretrained",
+    "load_model", "load_weights", "pretrained_info", "save_weights", "stage_table", *_LAZY,
 ]

@@ -23,6 +23,7 @@ from .cli_bench import add_bench_parser
 from .cli_deploy import add_export_parser
 from .cli_serve import add_serve_parser
 from .cli_training import add_demo_parser, add_evaluation_parsers, add_train_parser
+from .cli_weights import add_weights_parser
 from .retrieval import (EmbeddingIndex, embed, embed_images, find_images, folder_labels, load_index,
                         save_index, search)
 
@@ -169,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(run=cmd_summary)
 
     embed_parser = commands.add_parser("embed", help="embed a folder of images into a search index")
-    embed_parser.add_argument("--checkpoint", required=True, help="a .safetensors written by save_weights")
+    embed_parser.add_argument("--checkpoint", required=True, help="a .safetensors written by save_weights, or a pretrained tag (resnet50.a1_in1k)")
     embed_parser.add_argument("dir", type=Path, help="folder of images, searched recursively")
     embed_parser.add_argument("--out", required=True, type=Path, help="the index to write, e.g. index.npz")
     embed_parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_parser.set_defaults(run=cmd_search)
 
     explain_parser = commands.add_parser("explain", help="Grad-CAM heatmap of a prediction, over the image")
-    explain_parser.add_argument("--checkpoint", required=True, help="a .safetensors classifier from save_weights")
+    explain_parser.add_argument("--checkpoint", required=True, help="a .safetensors classifier from save_weights, or a pretrained tag")
     explain_parser.add_argument("image", type=Path, help="the image to explain")
     explain_parser.add_argument("--out", required=True, type=Path, help="the PNG to write, e.g. cam.png")
     explain_parser.add_argument("--class", dest="class_name",
@@ -197,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_bench_parser(commands)
     add_export_parser(commands)
     add_serve_parser(commands)
+    add_weights_parser(commands)
     return parser
 
 

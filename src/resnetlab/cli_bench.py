@@ -18,7 +18,7 @@ def add_bench_parser(commands) -> None:
                        help="names from `resnetlab models` (default: resnet50, or the --checkpoint's)")
     bench.add_argument("--checkpoint", metavar="PATH",
                        help="measure this model file instead: trained weights (.safetensors), or an .onnx or .pt "
-                            "from export or quantize, as it is")
+                            "from export or quantize, as it is, or a pretrained tag (resnet50.tv2_in1k)")
     bench.add_argument("--data", metavar="DIR",
                        help="with --checkpoint: also the top-1 of each backend and precision on DIR's val/ "
                             "or test/ split (or cifar10), at the checkpoint's preprocessing")

@@ -15,7 +15,7 @@ QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fi
 
 def add_export_parser(commands) -> None:
     export = commands.add_parser("export", help="ONNX, TorchScript or safetensors, checked against eager at once")
-    export.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    export.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training, or a pretrained tag")
     export.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "safetensors"])
     export.add_argument("--out", type=Path, help="the file to write (default: beside the checkpoint, new suffix)")
     export.add_argument("--static-batch", action="store_true",
@@ -30,7 +30,7 @@ def add_export_parser(commands) -> None:
                     "--data's train split. --backend picks the runtime: onnxruntime or openvino (.onnx) or "
                     "PyTorch's x86 kernels (TorchScript .pt). Prints size, latency and (with --data) top-1, "
                     "before and after.")
-    quantize.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    quantize.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training, or a pretrained tag")
     quantize.add_argument("--method", default="ptq", choices=["ptq", "qat"],
                           help="post-training quantization, or quantization-aware training (default ptq)")
     quantize.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
@@ -58,7 +58,7 @@ def add_export_parser(commands) -> None:
                     "stream too: the channels a shortcut ties together go together) until the network has "
                     f"--target-macs of its MACs; re-estimate its BN statistics on {PRUNE_IMAGES} training images, "
                     "fine-tune it on --data, and save a smaller dense model (plain config + weights).")
-    prune.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    prune.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training, or a pretrained tag")
     prune.add_argument("--data", required=True, help="image folder to fine-tune on and evaluate with, or cifar10")
     prune.add_argument("--target-macs", type=float,
                        help=f"fraction of the MACs to keep (default {ChainSettings.target_macs:g})")
@@ -217,7 +217,7 @@ def add_compress_parser(commands) -> None:
         description="Run the compression steps in order (prune -> distill -> quantize -> export); after each, "
                     "record parameters, MACs, file size, batch-1 latency and top-1 in one report. With prune "
                     "and distill, the pruned network is trained with the original as its teacher.")
-    chain.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training")
+    chain.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training, or a pretrained tag")
     chain.add_argument("--data", required=True, help="image folder with train/ and val/ or test/ splits")
     chain.add_argument("--steps", default="prune,distill,quantize,export",
                        help="comma-separated, from prune, distill, quantize, export (default: all four)")

@@ -19,7 +19,7 @@ def add_serve_parser(commands) -> None:
                     "requests are grouped into batches of up to --max-batch images, waiting at most "
                     "--max-wait-ms for a batch to fill. Open http://HOST:PORT/ for a page to try it, "
                     "/docs for the API.")
-    serve.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors, .onnx or .pt model file")
+    serve.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors, .onnx or .pt model file, or a pretrained tag")
     serve.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
     serve.add_argument("--port", type=int, default=defaults.port, help=f"default {defaults.port}")
     serve.add_argument("--workers", type=int, default=defaults.workers,

@@ -55,7 +55,7 @@ def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) 
     section = train.add_argument_group("model")
     section.add_argument("--model", *(["--student"] if distill else []), dest="model",
                          help="architecture name (`resnetlab models`)")
-    section.add_argument("--weights", help="start from these weights: path, URL or run's .safetensors")
+    section.add_argument("--weights", help="start from these weights: a pretrained tag (resnet18.tv_in1k; `resnetlab weights list`), a path, URL or run's .safetensors")
     section.add_argument("--freeze", help="stages:K freezes the stem and the first K stages")
     _flag(section, "--zero-init-residual", "zero each block's last BN: blocks start as identities")
     _flag(section, "--freeze-bn", "keep every BN layer's statistics and parameters")
@@ -94,7 +94,7 @@ def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) 
     section.add_argument("--warmup", type=float, help="linear warmup length (schedule unit, epochs by default)")
     section.add_argument("--milestones", type=_numbers, help="step decay points, e.g. 82,123")
     section = train.add_argument_group("distillation")
-    section.add_argument("--teacher", help="a trained .safetensors with the same classes (turns distillation on)")
+    section.add_argument("--teacher", help="a trained .safetensors (or a pretrained tag) with the same classes (turns distillation on)")
     section.add_argument("--alpha", type=float, help="weight of the teacher's soft targets")
     section.add_argument("--temperature", type=float, help="softening temperature")
     section = train.add_argument_group("run")
@@ -226,7 +226,7 @@ def cmd_distill(args: argparse.Namespace, console) -> None:
 def add_evaluation_parsers(commands) -> None:
     evaluate = commands.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion matrix")
     evaluate.add_argument("--checkpoint", required=True, type=Path,
-                          help="a .safetensors written by training, or an .onnx or .pt from export or quantize")
+                          help="a .safetensors written by training, an .onnx or .pt from export or quantize, or a pretrained tag")
     evaluate.add_argument("--data", required=True,
                           help="image folder (its val/ or test/ split, or class folders directly), or cifar10")
     evaluate.add_argument("--split", help="the folder to evaluate on (default: val, else test)")
@@ -239,7 +239,7 @@ def add_evaluation_parsers(commands) -> None:
 
     predict = commands.add_parser("predict", help="top-k labels of image files")
     predict.add_argument("--checkpoint", required=True, type=Path,
-                         help="a .safetensors written by training, or an .onnx or .pt from export or quantize")
+                         help="a .safetensors written by training, an .onnx or .pt from export or quantize, or a pretrained tag")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("-k", "--top-k", type=int, default=5)
     predict.add_argument("--device", default="auto")

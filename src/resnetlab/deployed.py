@@ -14,6 +14,7 @@ import torch
 
 from .errors import CheckpointError, ConfigError
 from .models.checkpoint import refuse_folder
+from .pretrained.catalog import find_weights
 from .preprocessing import Preprocessing
 
 FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript"}  # suffix -> format
@@ -64,12 +65,15 @@ def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu",
 
 
 def model_file_format(path: Path) -> str:
-    """"safetensors", "onnx" or "torchscript" for an existing model file; a ``CheckpointError`` for anything else."""
+    """"safetensors", "onnx" or "torchscript" for an existing model file, "safetensors" for a pretrained tag
+    (``resnet50.a1_in1k``, fetched on first use); a ``CheckpointError`` for anything else."""
+    if not path.exists() and find_weights(os.fspath(path)) is not None:
+        return "safetensors"
     refuse_folder(path, "model file", FORMATS)
     if path.suffix not in FORMATS:
         raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train), an .onnx (resnetlab export "
-                              "or quantize) nor a TorchScript .pt (resnetlab export or quantize --backend x86) "
-                              "model file")
+                              "or quantize), a TorchScript .pt (resnetlab export or quantize --backend x86) "
+                              "model file, nor a pretrained tag (`resnetlab weights list`)")
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     return FORMATS[path.suffix]

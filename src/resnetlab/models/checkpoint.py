@@ -4,10 +4,8 @@ Nothing here can run code from a file: ``.pth``/``.pt`` are read with ``weights_
 """
 from __future__ import annotations
 
-import codecs
 import os
 import pickle
-import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
@@ -19,6 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError
+from ..file_kinds import SAFETENSORS, TORCH_CHECKPOINT, looks_like
+from ..pretrained.catalog import find_weights
+from ..pretrained.download import download
+from ..pretrained.store import fetch, weights_dir
 
 # Keys under which training scripts (ours, torchvision's references, timm's) nest the weights.
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -27,12 +29,6 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 WeightsSource = str | os.PathLike | Mapping[str, torch.Tensor]
 
-SAFETENSORS = "a safetensors file"
-TORCH_CHECKPOINT = "a PyTorch checkpoint"
-# What a file's first bytes say it is; torch.save writes a zip archive, or a pickle in its legacy format.
-_MAGIC = ((b"\x80", TORCH_CHECKPOINT), (b"\xff\xd8\xff", "a JPEG image"),  # zip archives: _zip_kind
-          (b"\x89PNG", "a PNG image"), (b"\x08", "an ONNX model"))  # ONNX: protobuf field 1, ir_version
-_SAFETENSORS_MAX_HEADER = 100_000_000  # bytes; the limit safetensors itself enforces
 
 
 def read_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
@@ -46,75 +42,32 @@ def read_state_dict(source: WeightsSource) -> dict[str, torch.Tensor]:
 
 def _local_path(where: str) -> Path:
     """The file to read: a path as given; a file:// URL in place, since a cached copy of a local file
-    would go stale; an http(s) URL downloaded once into the cache."""
+    would go stale; an http(s) URL downloaded once into the weights folder; a pretrained tag's checked file."""
     url = urllib.parse.urlparse(where)
     if url.scheme == "file":
         return Path(urllib.request.url2pathname(url.path))
-    return download(where) if url.scheme in ("http", "https") else Path(where)
+    if url.scheme in ("http", "https"):
+        return _download_once(where)
+    path = Path(where)
+    if not path.exists() and find_weights(where) is not None:
+        return fetch(where)
+    return path
 
 
-def looks_like(path: Path) -> str:
-    """What ``path`` is by its first bytes: SAFETENSORS, TORCH_CHECKPOINT, or a phrase like "a text file"."""
-    with open(path, "rb") as file:
-        head = file.read(512)
-    if not head:
-        return "an empty file"
-    # safetensors: the header's length as a little-endian u64, then the JSON header itself.
-    if head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= _SAFETENSORS_MAX_HEADER:
-        return SAFETENSORS
-    if head.startswith(b"PK\x03\x04"):
-        return _zip_kind(path)
-    for magic, kind in _MAGIC:
-        if head.startswith(magic):
-            return kind
-    return "a text file" if _is_text(head) else "a file of unknown format"
-
-
-def _zip_kind(path: Path) -> str:
-    """torch.save and torch.jit.save both write a zip with data.pkl; TorchScript adds its code/."""
-    try:
-        names = zipfile.ZipFile(path).namelist()
-    except zipfile.BadZipFile:
-        return TORCH_CHECKPOINT  # truncated: the reader says so
-    if any("/code/" in name for name in names):
-        return "a TorchScript model"
-    if any(name.endswith("/data.pkl") for name in names):
-        return TORCH_CHECKPOINT
-    return "a NumPy archive" if names and all(name.endswith(".npy") for name in names) else "a zip archive"
-
-
-def _is_text(head: bytes) -> bool:
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(head)  # a character cut off at the end is no matter
-    except UnicodeDecodeError:
-        return False
-    return b"\0" not in head
-
-
-def cache_dir() -> Path:
-    """Downloaded weights live beside torchvision's (``$TORCH_HOME/hub/checkpoints``), so each is fetched once."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
-
-
-def download(url: str) -> Path:
+def _download_once(url: str) -> Path:
     filename = Path(urllib.parse.urlparse(url).path).name
     if not filename:
         raise CheckpointError(f"cannot tell a file name from the URL {url!r}")
-    target = cache_dir() / filename
+    target = weights_dir() / filename
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
     # torchvision's file names carry the first hex digits of the file's SHA-256 (resnet50-11ad3fa6.pth).
     match = torch.hub.HASH_REGEX.search(filename)
     try:
-        torch.hub.download_url_to_file(url, os.fspath(target), match.group(1) if match else None,
-                                       progress=True)
-    except (urllib.error.URLError, OSError) as error:
-        raise CheckpointError(
-            f"could not download {url} ({getattr(error, 'reason', error)}); with no network, "
-            f"download it elsewhere and pass the file's path, or place it at {target}") from error
-    except RuntimeError as error:  # torch.hub's hash check
-        raise CheckpointError(f"the file downloaded from {url} is corrupt: {error}") from error
+        download(url, target, match.group(1) if match else None, unchecked_ok=True)
+    except CheckpointError as error:
+        raise CheckpointError(f"{error}; with no network, download it elsewhere and pass the file's path, "
+                              f"or place it at {target}") from error
     return target
 
 

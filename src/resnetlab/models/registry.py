@@ -7,6 +7,7 @@ import fnmatch
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from ..pretrained.catalog import PretrainedWeights, default_weights, get_weights
 from .hrnet import HRNET_MODELS, HRNet, HRNetConfig
 from .resnet import ResNet, ResNetConfig
 
@@ -269,10 +270,17 @@ def build_model(config: ResNetConfig | HRNetConfig, arch: str = "custom") -> Res
     return HRNet(config, arch=arch) if isinstance(config, HRNetConfig) else ResNet(config, arch=arch)
 
 
-def create_model(name: str, num_classes: int | None = None, *, features_only: bool = False,
-                 out_indices: tuple[int, ...] | None = None, frozen_stages: int | None = None,
-                 norm_eval: bool = False, **options) -> ResNet | HRNet | ResNetFeatures | HRNetFeatures:
-    """Build a registered ResNet or HRNet, randomly initialised (He init; BN weight 1, bias 0).
+def create_model(name: str, num_classes: int | None = None, *, pretrained: bool | str = False,
+                 features_only: bool = False, out_indices: tuple[int, ...] | None = None,
+                 frozen_stages: int | None = None, norm_eval: bool = False,
+                 **options) -> ResNet | HRNet | ResNetFeatures | HRNetFeatures:
+    """Build a registered ResNet or HRNet, randomly initialised (He init; BN weight 1, bias 0), or pretrained.
+
+    ``pretrained`` loads named weights (``resnetlab.list_pretrained()``): ``True`` the architecture's default
+    tag (its best published ImageNet-1k top-1), a string that tag (``create_model("resnet50",
+    pretrained="tv2_in1k")``); ``name`` may carry the tag itself (``"resnet50.a1_in1k"``, which alone sets
+    the tag's class count and input). The model comes back with the tag's preprocessing and class names;
+    a different ``num_classes`` re-initialises the head for fine-tuning.
 
     ``num_classes`` defaults to the architecture's own (1000 for ImageNet nets, 10 for the
     CIFAR nets); 0 gives a model that returns pooled embeddings. ``options`` are any
@@ -284,15 +292,41 @@ def create_model(name: str, num_classes: int | None = None, *, features_only: bo
     forward gives the feature maps at ``out_indices`` (0 the stem, 1..N the stages, or an HRNet's four
     widened branches; default all but the stem), with ``frozen_stages`` and ``norm_eval`` as documented there.
     """
-    name = canonical_name(name)
-    config = model_config(name, num_classes, **options)
-    if not features_only:
-        if out_indices is not None or frozen_stages is not None or norm_eval:
-            raise ConfigError("out_indices, frozen_stages and norm_eval shape a backbone; "
-                              "pass features_only=True with them")
-        return build_model(config, arch=name)
-    # Imported here because resnetlab.backbones builds on this registry (fpn calls create_model).
-    from ..backbones.features import backbone_of, check_backbone_options
+    name, weights = _named_weights(name, pretrained)
+    config = model_config(name, num_classes if num_classes is not None or weights is None else weights.num_classes,
+                          **options)
+    if not features_only and (out_indices is not None or frozen_stages is not None or norm_eval):
+        raise ConfigError("out_indices, frozen_stages and norm_eval shape a backbone; "
+                          "pass features_only=True with them")
+    if features_only:
+        # Imported here because resnetlab.backbones builds on this registry (fpn calls create_model).
+        from ..backbones.features import check_backbone_options
 
-    check_backbone_options(name, len(config.layers), out_indices, frozen_stages)  # before the build
-    return backbone_of(build_model(config, arch=name), out_indices, frozen_stages, norm_eval)
+        check_backbone_options(name, len(config.layers), out_indices, frozen_stages)  # before the build
+    model = build_model(config, arch=name)
+    if weights is not None:
+        model.preprocessing = weights.eval_preprocessing
+    if pretrained:
+        # Imported here because loading weights builds models through this registry.
+        from .weights import load_pretrained
+
+        load_pretrained(model, weights)
+    if not features_only:
+        return model
+    from ..backbones.features import backbone_of
+
+    return backbone_of(model, out_indices, frozen_stages, norm_eval)
+
+
+def _named_weights(name: str, pretrained: bool | str) -> tuple[str, PretrainedWeights | None]:
+    """The architecture ``name`` builds and the pretrained weights it asks for, by its tag or ``pretrained``."""
+    arch, _, tag = name.partition(".")
+    arch = canonical_name(arch)
+    model_config(arch)  # an unknown architecture is named as such, not as one without weights
+    if isinstance(pretrained, str):
+        if tag and tag != pretrained:
+            raise ConfigError(f"{name} names its weights already; pretrained={pretrained!r} names other ones")
+        tag = pretrained
+    if tag:
+        return arch, get_weights(f"{arch}.{tag}")
+    return arch, default_weights(arch) if pretrained else None

@@ -18,10 +18,13 @@ from safetensors import SafetensorError, safe_open
 from ..atomic import atomic_path
 from ..errors import CheckpointError
 from ..preprocessing import Preprocessing
-from .checkpoint import SAFETENSORS, TORCH_CHECKPOINT, WeightsSource, looks_like, read_state_dict, refuse_folder
+from ..file_kinds import SAFETENSORS, TORCH_CHECKPOINT, looks_like
+from .checkpoint import WeightsSource, read_state_dict, refuse_folder
 from .hrnet import NUM_BRANCHES, HRNet, HRNetConfig
 from .layouts import TIMM_HRNET, detect_layout, to_resnetlab_layout
-from .registry import build_model
+from ..pretrained.catalog import PretrainedWeights, find_weights
+from ..pretrained.store import fetch
+from .registry import build_model, create_model
 from .resnet import ResNet, ResNetConfig
 
 logger = logging.getLogger("resnetlab")
@@ -251,8 +254,22 @@ def config_from_metadata(metadata: dict, path: str | os.PathLike) -> ResNetConfi
                               f"({metadata.get('resnetlab_version')}): {error}") from error
 
 
+def load_pretrained(model: ResNet | HRNet, weights: PretrainedWeights) -> LoadReport:
+    """Load a pretrained tag's checked file into ``model``, with the tag's preprocessing and class names."""
+    report = load_weights(model, fetch(weights.tag))
+    model.preprocessing = weights.eval_preprocessing
+    if not report.head_reinitialized and model.config.num_classes == weights.num_classes:
+        model.class_names = weights.class_names()
+    if weights.license and "-nc" in weights.license:
+        logger.warning(f"{weights.tag} is licensed {weights.license}: non-commercial use only")
+    return report
+
+
 def load_model(path: str | os.PathLike) -> ResNet | HRNet:
-    """Rebuild the model saved by ``save_weights``: architecture, weights, class names, preprocessing."""
+    """Rebuild the model saved by ``save_weights`` (architecture, weights, class names, preprocessing),
+    or a pretrained tag's (``load_model("resnet50.a1_in1k")``) when ``path`` names no file."""
+    if not Path(path).exists() and find_weights(os.fspath(path)) is not None:
+        return create_model(os.fspath(path), pretrained=True)
     metadata = read_metadata(path)
     model = build_model(config_from_metadata(metadata, path), arch=metadata["arch"])
     load_weights(model, path)
