@@ -2,6 +2,7 @@
 
     python scripts/make_pretrained_registry.py            # rewrites src/resnetlab/pretrained/registry.json
     python scripts/make_pretrained_registry.py --check    # exits 1 when the shipped registry is out of date
+    python scripts/make_pretrained_registry.py --hub-checksums   # online: the hub copies' SHA-256 too
 
 Both libraries are importable at development time (timm is a dev dependency); the package itself reads
 only the JSON this writes. Every timm pretrained tag of the families resnetlab builds is an entry; the
@@ -11,6 +12,7 @@ are the same tags in timm, and take torchvision's own file, preprocessing and pu
 Checksums: torchvision and timm's legacy release files carry the first 8 hex digits of their SHA-256 in
 their names, which is all that either publishes offline. timm's Hugging Face copies (``model.safetensors``)
 have their SHA-256 on the hub only; the hub sends it with each download, and resnetlab checks it there.
+``--hub-checksums`` reads them into the registry on a machine that reaches the hub (not run here: no network).
 Published top-1/top-5 of timm's weights come from timm's ``results/results-imagenet.csv`` (snapshot beside
 this script, with the commit it was taken at).
 """
@@ -136,9 +138,24 @@ def torchvision_entry(arch: str, tag: str, timm_entry: dict) -> dict:
     }
 
 
-def registry() -> dict:
+def hub_sha256(hf_hub_id: str) -> str:
+    """The SHA-256 the hub publishes for a repository's model.safetensors (needs network)."""
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(hf_hub_id, files_metadata=True)
+    return next(sibling.lfs.sha256 for sibling in info.siblings if sibling.rfilename == "model.safetensors")
+
+
+def registry(with_hub_checksums: bool = False) -> dict:
     results = timm_results()
     entries = {tag: entry_for(tag, results) for tag in timm_tags()}
+    # A SHA-256 read from the hub once stays in the registry until it is read again.
+    shipped = json.loads(REGISTRY.read_text())["weights"] if REGISTRY.is_file() else {}
+    known = {spec["url"]: spec["sha256"] for entry in shipped.values() for spec in entry["files"] if spec["sha256"]}
+    for entry in entries.values():
+        for spec in entry["files"]:
+            if spec["hf_hub_id"]:
+                spec["sha256"] = hub_sha256(spec["hf_hub_id"]) if with_hub_checksums else known.get(spec["url"])
     return {"format": "resnetlab.pretrained/1", "generated_from": {"timm": timm.__version__,
                                                                    "torchvision": torchvision.__version__.split("+")[0]},
             "weights": entries}
@@ -153,8 +170,8 @@ def label_files() -> dict[str, bytes]:
     return files
 
 
-def rendered() -> dict[Path, bytes]:
-    out = {REGISTRY: (json.dumps(registry(), indent=1) + "\n").encode()}
+def rendered(with_hub_checksums: bool = False) -> dict[Path, bytes]:
+    out = {REGISTRY: (json.dumps(registry(with_hub_checksums), indent=1) + "\n").encode()}
     out.update({LABELS / name: data for name, data in label_files().items()})
     return out
 
@@ -162,9 +179,11 @@ def rendered() -> dict[Path, bytes]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the shipped files differ from a fresh render")
+    parser.add_argument("--hub-checksums", action="store_true",
+                        help="also write the SHA-256 of each Hugging Face copy, read from the hub (needs network)")
     args = parser.parse_args()
     stale = []
-    for path, data in rendered().items():
+    for path, data in rendered(args.hub_checksums).items():
         if args.check:
             if not path.is_file() or path.read_bytes() != data:
                 stale.append(path)

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import http.server
 import json
+import math
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import torchvision
 from PIL import Image
 from safetensors.torch import save_file
 
-from resnetlab import CheckpointError, ConfigError, create_model, list_pretrained, load_weights, pretrained_info
+from resnetlab import CheckpointError, ConfigError, Preprocessing, create_model, list_pretrained, load_weights, pretrained_info
 from resnetlab.backbones import fpn
 from resnetlab.cli import main
 from resnetlab.complexity import count_parameters
@@ -45,6 +46,21 @@ def source_model(entry: PretrainedWeights, tag: str) -> torch.nn.Module:
     return timm.create_model(entry.tag.split(".")[0], num_classes=entry.num_classes, pretrained=False)
 
 
+def published_preprocessing(entry: PretrainedWeights) -> Preprocessing:
+    """The evaluation input the source itself gives the tag: torchvision's transforms, timm's test-time config."""
+    if entry.source == "torchvision":
+        arch, tag = entry.tag.split(".")
+        enum = torchvision.models.get_model_weights(arch)
+        transform = enum["IMAGENET1K_V2" if tag == "tv2_in1k" else "IMAGENET1K_V1"].transforms()
+        return Preprocessing(transform.crop_size[0], transform.resize_size[0], transform.mean, transform.std,
+                             transform.interpolation.value)
+    config = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(entry.tag).to_dict(),
+                                           use_test_size=True)
+    size = config["input_size"][-1]
+    return Preprocessing(size, math.floor(size / config["crop_pct"]), config["mean"], config["std"],
+                         config["interpolation"])
+
+
 @pytest.mark.parametrize("tag", TAGS)
 def test_every_tag_builds_and_takes_a_state_dict_in_its_sources_layout(tag):
     entry = get_weights(tag)
@@ -52,11 +68,13 @@ def test_every_tag_builds_and_takes_a_state_dict_in_its_sources_layout(tag):
     with torch.device("meta"):
         ours = create_model(tag)
         for layout in layouts:
-            report = load_weights(ours, source_model(entry, layout).state_dict())
+            theirs = source_model(entry, layout)
+            report = load_weights(ours, theirs.state_dict())
             assert not report.head_reinitialized and report.adapted_in_chans is None
+            assert count_parameters(theirs) == entry.params == count_parameters(ours)
     assert ours.config.num_classes == entry.num_classes
-    assert count_parameters(ours) == entry.params
     assert ours.preprocessing == entry.eval_preprocessing
+    assert entry.eval_preprocessing == published_preprocessing(entry)
     assert entry.files and all(spec.url.startswith("https://") for spec in entry.files)
     assert entry.label_set is None or len(class_names(entry.label_set)) == entry.num_classes
 
@@ -136,7 +154,8 @@ class WeightsServer(http.server.ThreadingHTTPServer):
     """Serves ``folder``'s files as a mirror and as the hub does, and misbehaves on request.
 
     /files/NAME: the file, honouring Range; /hub/NAME: a redirect to it announcing a SHA-256 in X-Linked-Etag;
-    /drop/NAME: half the file, then the connection closes; /error/NAME: a 500; /html/NAME: a login page.
+    /drop/NAME: half the file, then the connection closes; /norange/NAME: the whole file whatever the Range;
+    /error/NAME: a 500; /html/NAME: a login page.
     """
 
     def __init__(self, folder: Path):
@@ -178,7 +197,7 @@ class WeightsHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         else:
             data, start = path.read_bytes(), 0
-            if self.headers.get("Range"):
+            if self.headers.get("Range") and route != "norange":
                 start = int(self.headers["Range"].removeprefix("bytes=").rstrip("-"))
                 self.server.ranges.append(start)
             self._send(206 if start else 200, data[start:], "application/octet-stream")
@@ -290,12 +309,13 @@ def test_an_interrupted_download_resumes_where_it_stopped(trained, server, weigh
     assert sha256(path) == sha256(published) and not part.exists()
 
 
-def test_processes_that_ask_for_the_same_file_at_once_download_it_once(trained, server, weights_dir, monkeypatch):
+def test_fetches_that_ask_for_the_same_file_at_once_download_it_once(trained, server, weights_dir, monkeypatch):
     published = publish(trained, server.folder, "cifar_resnet20.test_in1k.safetensors")
     spec = WeightsFile(url=f"{server.url}/files/{published.name}", file_name=published.name, format="safetensors",
                        sha256=sha256(published))
     with_entries(monkeypatch, made_entry("cifar_resnet20.test_in1k", spec))
     paths = []
+    # Threads, as ranks would be processes: the lock is a file lock, held per open file, so it serialises both.
     ranks = [threading.Thread(target=lambda: paths.append(fetch("cifar_resnet20.test_in1k", progress=False)))
              for _ in range(4)]
     for rank in ranks:
@@ -340,7 +360,14 @@ def test_the_hub_announced_checksum_is_checked_and_recorded(trained, server, wei
     server.announced[published.name] = sha256(published)
     path = fetch("cifar_resnet20.test_in1k", progress=False)
     assert (weights_dir / (published.name + SIDECAR_SUFFIX)).read_text().strip() == sha256(published)
-    path.write_bytes(path.read_bytes()[:-10])  # damaged later: the recorded checksum catches it
+    path.write_bytes(path.read_bytes()[:-10])  # damaged later: the recorded checksum catches it, and it is fetched again
+    assert sha256(fetch("cifar_resnet20.test_in1k", progress=False)) == sha256(published)
+    assert server.requests.count(f"/files/{published.name}") == 3  # the refused one, the first good one, the repair
+    (weights_dir / (published.name + SIDECAR_SUFFIX)).unlink()  # a copy whose checksum is lost: fetched again too
+    assert sha256(fetch("cifar_resnet20.test_in1k", progress=False)) == sha256(published)
+    assert (weights_dir / (published.name + SIDECAR_SUFFIX)).is_file()
+    monkeypatch.setenv("RESNETLAB_OFFLINE", "1")  # offline, a damaged copy is an error, and is removed
+    path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(CheckpointError, match="removed"):
         fetch("cifar_resnet20.test_in1k", progress=False)
     assert not path.exists()
@@ -353,10 +380,30 @@ def test_a_mirror_without_a_checksum_for_an_unchecked_file_is_refused_unless_it_
                        hf_hub_id="timm/cifar_resnet20.test_in1k")
     with_entries(monkeypatch, made_entry("cifar_resnet20.test_in1k", spec))
     monkeypatch.setenv("RESNETLAB_WEIGHTS_URL", f"{server.url}/files")
-    with pytest.raises(CheckpointError, match="publishes no checksum"):
+    with pytest.raises(CheckpointError, match="the mirror has no cifar_resnet20.test_in1k.safetensors.sha256"):
         fetch("cifar_resnet20.test_in1k", progress=False)
     (server.folder / (published.name + SIDECAR_SUFFIX)).write_text(sha256(published) + "\n")
     assert sha256(fetch("cifar_resnet20.test_in1k", progress=False)) == sha256(published)
+    assert not any("/x" in request for request in server.requests)  # the hub URL is never asked: the mirror is
+
+
+def test_a_server_that_ignores_the_range_starts_the_file_over(trained, server, weights_dir, monkeypatch):
+    published = publish(trained, server.folder, "cifar_resnet20.test_in1k.safetensors")
+    spec = WeightsFile(url=f"{server.url}/norange/{published.name}", file_name=published.name,
+                       format="safetensors", sha256=sha256(published))
+    with_entries(monkeypatch, made_entry("cifar_resnet20.test_in1k", spec))
+    weights_dir.mkdir()
+    (weights_dir / (published.name + ".part")).write_bytes(b"stale bytes of another attempt")
+    assert sha256(fetch("cifar_resnet20.test_in1k", progress=False)) == sha256(published)
+
+
+def test_a_weights_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("RESNETLAB_WEIGHTS_DIR", str(tmp_path / "a-file" / "weights"))
+    monkeypatch.setenv("RESNETLAB_WEIGHTS_URL", "http://127.0.0.1:9")
+    with pytest.raises(CheckpointError) as error:
+        fetch("resnet18.tv_in1k", progress=False)
+    assert "cannot write to" in str(error.value) and "RESNETLAB_WEIGHTS_DIR" in str(error.value)
 
 
 @pytest.mark.parametrize("how", ["offline mode", "no network"])
@@ -400,6 +447,7 @@ def test_a_file_in_the_hugging_face_cache_is_found_and_checked_by_its_blob_name(
 
 
 def test_an_error_page_saved_under_the_file_name_is_never_loaded(trained, weights_dir, monkeypatch):
+    monkeypatch.setenv("RESNETLAB_OFFLINE", "1")  # online it would be removed and fetched again
     weights_dir.mkdir()
     (weights_dir / "resnet18-f37072fd.pth").write_text("<!DOCTYPE html><html>Access denied</html>")
     with pytest.raises(CheckpointError, match="removed"):
@@ -474,3 +522,52 @@ def test_the_fine_tuning_recipe_starts_from_a_tag():
 
     weights = load_recipe("finetune_resnet18")["model"]["weights"]
     assert weights == "resnet18.tv_in1k" and get_weights(weights).source == "torchvision"
+
+
+def images_in(folder: Path, count: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        Image.new("RGB", (48, 40), (40 * number % 256, 120, 200)).save(folder / f"{number}.png")
+    return folder
+
+
+def test_export_quantize_embed_and_search_take_a_tag(placed, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "--checkpoint", placed, "--format", "onnx"]) == 0
+    exported = load_deployed(f"{placed}.onnx")  # named after the whole tag, in the working folder
+    assert exported.class_names[207] == "golden retriever" and exported.arch == "cifar_resnet20"
+
+    calib = images_in(tmp_path / "calib", 8)
+    assert main(["quantize", "--checkpoint", placed, "--calib", str(calib), "--calib-images", "8"]) == 0
+    assert (tmp_path / f"{placed}.int8.onnx").is_file() and "fp32 (PyTorch)" in capsys.readouterr().out
+
+    gallery = images_in(tmp_path / "gallery" / "things", 3)
+    assert main(["embed", "--checkpoint", placed, str(gallery.parent), "--out", "index.npz"]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", "index.npz", str(gallery / "0.png"), "--json"]) == 0  # the index names the tag
+    hits = json.loads(capsys.readouterr().out)
+    assert hits[0]["path"].endswith("0.png") and len(hits) == 3
+
+
+def test_the_compression_chain_starts_from_a_tag(placed, tmp_path):
+    for split in ("train", "val"):
+        for name in ("tench", "goldfish"):  # ImageNet's first two classes: the tag's head knows them
+            images_in(tmp_path / "data" / split / name, 2)
+    out = tmp_path / "chain"
+    assert main(["compress", "--checkpoint", placed, "--data", str(tmp_path / "data"), "--steps", "export",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report[0]["path"] == str(out / "0-original" / "original.safetensors")
+    assert load_model(report[0]["path"]).class_names[207] == "golden retriever"
+
+
+def test_train_fine_tunes_from_a_tag_with_a_new_head(placed, tmp_path, caplog):
+    for split in ("train", "val"):
+        for name in ("ants", "bees"):
+            images_in(tmp_path / "data" / split / name, 4)
+    out = tmp_path / "run"
+    assert main(["train", "--model", "cifar_resnet20", "--weights", placed, "--data", str(tmp_path / "data"),
+                 "--epochs", "1", "--batch-size", "4", "--out", str(out)]) == 0
+    assert "the classifier head was re-initialised" in caplog.text
+    tuned = load_model(out / "best.safetensors")
+    assert tuned.class_names == ["ants", "bees"] and tuned.fc.out_features == 2

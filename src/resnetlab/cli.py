@@ -19,6 +19,7 @@ from .errors import ConfigError, DataError, ResnetlabError
 from .explain import grad_cam, overlay_heatmap
 from .image_input import check_reads_image_files, normalize, read_crop
 from .models import aliases_of, create_model, list_models, load_model
+from .pretrained.catalog import is_pretrained_tag
 from .cli_bench import add_bench_parser
 from .cli_deploy import add_export_parser
 from .cli_serve import add_serve_parser
@@ -99,7 +100,8 @@ def cmd_embed(args: argparse.Namespace, console: Console) -> None:
         raise DataError(f"none of the {len(paths)} image files in {args.dir} could be read")
     index = EmbeddingIndex(embedded.embeddings, [str(p.resolve()) for p in embedded.paths],
                            labels=folder_labels(embedded.paths, args.dir),
-                           checkpoint=str(Path(args.checkpoint).resolve()))
+                           checkpoint=args.checkpoint if is_pretrained_tag(args.checkpoint)
+                           else str(Path(args.checkpoint).resolve()))
     save_index(index, args.out)
     print(f"wrote {args.out}: {len(index.paths)} embeddings of dimension {index.embeddings.shape[1]}"
           + (f", {len(embedded.skipped)} unreadable files skipped" if embedded.skipped else ""))
@@ -110,7 +112,7 @@ def cmd_search(args: argparse.Namespace, console: Console) -> None:
     checkpoint = args.checkpoint or index.checkpoint
     if checkpoint is None:
         raise ConfigError(f"{args.index} does not name its checkpoint; pass --checkpoint")
-    if args.checkpoint is None and not Path(checkpoint).is_file():
+    if args.checkpoint is None and not Path(checkpoint).is_file() and not is_pretrained_tag(checkpoint):
         raise ConfigError(f"{args.index} was built with {checkpoint}, which no longer exists; "
                           "pass --checkpoint with the same weights")
     model = load_model(checkpoint).eval()

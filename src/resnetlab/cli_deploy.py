@@ -9,6 +9,7 @@ from .compress.chain import PRUNE_IMAGES, ChainSettings
 from .compress.int8_target import INT8_TARGETS
 from .compress.quantize import BACKENDS
 from .export import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from .pretrained.catalog import is_pretrained_tag
 
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
 
@@ -109,7 +110,7 @@ def cmd_export(args: argparse.Namespace, console) -> None:
     if args.format != "onnx" and (args.opset is not None or args.static_batch):
         raise ConfigError("--opset applies to ONNX exports only" if args.opset is not None
                           else "--static-batch applies to ONNX exports only")
-    out = args.out or args.checkpoint.with_suffix(FORMATS[args.format])
+    out = args.out or named_after(args.checkpoint, FORMATS[args.format])
     if out.resolve() == args.checkpoint.resolve():
         out = out.with_name(f"{out.stem}.exported{out.suffix}")
     report = export_model(load_model(args.checkpoint), out, args.format, dynamic_batch=not args.static_batch,
@@ -119,20 +120,28 @@ def cmd_export(args: argparse.Namespace, console) -> None:
           f"eager {report.max_abs_difference:.2g} on batches of {batches}")
 
 
+def named_after(checkpoint: Path, suffix: str) -> Path:
+    """An output's default path: the checkpoint's own with ``suffix`` in place of its last one, or, for a
+    pretrained tag, the whole tag and ``suffix`` in the working folder (resnet50.a1_in1k.onnx)."""
+    if is_pretrained_tag(checkpoint):
+        return Path(f"{checkpoint}{suffix}")
+    return checkpoint.with_name(checkpoint.stem + suffix)
+
+
 def cmd_quantize(args: argparse.Namespace, console) -> None:
     from .compress.chain import measure_file, time_records
     from .compress.int8_target import int8_layout, speed_note
     from .compress.quantize import RUNTIME_NAMES, check_backend, int8_backend, write_fp32_reference
     from .errors import ConfigError
     from .complexity import count_macs
-    from .models import load_model
+    from .models import load_model, save_weights
 
     target = args.int8_target or "auto"
     backend = int8_backend(args.backend, args.calibration, target)
     if backend == "x86" and args.int8_target is not None:
         raise ConfigError("--int8-target lays out ONNX files; --backend x86 keeps PyTorch's own settings, "
                           "right on every CPU: drop --int8-target")
-    out = args.out or args.checkpoint.with_name(f"{args.checkpoint.stem}.int8{BACKENDS[backend]}")
+    out = args.out or named_after(args.checkpoint, f".int8{BACKENDS[backend]}")
     _check_method_options(args)
     check_backend(backend, out)
     layout = int8_layout(backend, target)
@@ -157,8 +166,11 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
     runtime = RUNTIME_NAMES[backend]
     with tempfile.TemporaryDirectory() as work:
         fp32 = write_fp32_reference(model, backend, Path(work))  # the same runtime, without INT8
+        # A pretrained tag is measured as the file training would have written.
+        source = save_weights(model, Path(work) / "pretrained.safetensors") \
+            if is_pretrained_tag(args.checkpoint) else args.checkpoint
         records = [measure_file(label, path, args.data, macs)
-                   for label, path in (("fp32 (PyTorch)", args.checkpoint), (f"fp32 ({runtime})", fp32),
+                   for label, path in (("fp32 (PyTorch)", source), (f"fp32 ({runtime})", fp32),
                                        (f"INT8 ({runtime})", out))]
         time_records(records)
     print(f"INT8 {layout.summary}")

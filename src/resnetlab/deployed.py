@@ -14,7 +14,7 @@ import torch
 
 from .errors import CheckpointError, ConfigError
 from .models.checkpoint import refuse_folder
-from .pretrained.catalog import find_weights
+from .pretrained.catalog import is_pretrained_tag
 from .preprocessing import Preprocessing
 
 FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript"}  # suffix -> format
@@ -67,7 +67,7 @@ def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu",
 def model_file_format(path: Path) -> str:
     """"safetensors", "onnx" or "torchscript" for an existing model file, "safetensors" for a pretrained tag
     (``resnet50.a1_in1k``, fetched on first use); a ``CheckpointError`` for anything else."""
-    if not path.exists() and find_weights(os.fspath(path)) is not None:
+    if is_pretrained_tag(path):
         return "safetensors"
     refuse_folder(path, "model file", FORMATS)
     if path.suffix not in FORMATS:

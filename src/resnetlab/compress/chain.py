@@ -30,6 +30,7 @@ from ..errors import ConfigError, DataError
 from ..export import export_model, read_export_metadata
 from ..image_input import check_reads_image_files
 from ..models import ResNet, load_model, save_weights
+from ..pretrained.catalog import is_pretrained_tag
 from .int8_target import check_int8_target, int8_layout, speed_note
 from .prune import CHANNEL_MULTIPLE, check_budget, prunable, prune_model, recalibrate_batch_norm, width_options
 from .quantize import RUNTIME_NAMES, calibration_batches, int8_backend, quantize_model, write_fp32_reference
@@ -138,6 +139,8 @@ def compress(checkpoint: str | Path, data: str, steps: list[str], out: str | Pat
     if (out / "report.json").exists():
         raise ConfigError(f"{out} already holds a compression report; choose another --out")
     original = load_model(checkpoint).eval()
+    if is_pretrained_tag(checkpoint):  # the chain's steps read and measure files: the tag's, as training writes them
+        checkpoint = save_weights(original, out / "0-original" / "original.safetensors")
     check_reads_image_files(original.config.in_chans)  # every step measures top-1 on image files
     if "prune" in steps:
         prunable(original, settings.keep_stream)  # before the training images are read

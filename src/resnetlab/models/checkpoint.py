@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError
 from ..file_kinds import SAFETENSORS, TORCH_CHECKPOINT, looks_like
-from ..pretrained.catalog import find_weights
-from ..pretrained.download import download
-from ..pretrained.store import fetch, weights_dir
+from ..pretrained.catalog import find_by_url, is_pretrained_tag
+from ..pretrained.download import download, file_sha256
+from ..pretrained.store import download_lock, fetch, weights_dir
 
 # Keys under which training scripts (ours, torchvision's references, timm's) nest the weights.
 _NESTED_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
@@ -48,26 +48,28 @@ def _local_path(where: str) -> Path:
         return Path(urllib.request.url2pathname(url.path))
     if url.scheme in ("http", "https"):
         return _download_once(where)
-    path = Path(where)
-    if not path.exists() and find_weights(where) is not None:
-        return fetch(where)
-    return path
+    return fetch(where) if is_pretrained_tag(where) else Path(where)
 
 
 def _download_once(url: str) -> Path:
+    """A URL's file in the weights folder, downloaded on first use: a pretrained file's URL is that tag's checked file."""
+    if (entry := find_by_url(url)) is not None:
+        return fetch(entry.tag)
     filename = Path(urllib.parse.urlparse(url).path).name
     if not filename:
         raise CheckpointError(f"cannot tell a file name from the URL {url!r}")
     target = weights_dir() / filename
-    if target.exists():
-        return target
     # torchvision's file names carry the first hex digits of the file's SHA-256 (resnet50-11ad3fa6.pth).
     match = torch.hub.HASH_REGEX.search(filename)
-    try:
-        download(url, target, match.group(1) if match else None, unchecked_ok=True)
-    except CheckpointError as error:
-        raise CheckpointError(f"{error}; with no network, download it elsewhere and pass the file's path, "
-                              f"or place it at {target}") from error
+    prefix = match.group(1) if match else None
+    with download_lock(target.parent, filename):
+        if target.exists() and (prefix is None or file_sha256(target).startswith(prefix)):
+            return target
+        try:
+            download(url, target, prefix, unchecked_ok=True)
+        except CheckpointError as error:
+            raise CheckpointError(f"{error}; with no network, download it elsewhere and pass the file's path, "
+                                  f"or place it at {target}") from error
     return target
 
 

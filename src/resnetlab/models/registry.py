@@ -324,6 +324,7 @@ def _named_weights(name: str, pretrained: bool | str) -> tuple[str, PretrainedWe
     arch = canonical_name(arch)
     model_config(arch)  # an unknown architecture is named as such, not as one without weights
     if isinstance(pretrained, str):
+        pretrained = pretrained.removeprefix(f"{name.partition('.')[0]}.")  # the whole tag is fine too
         if tag and tag != pretrained:
             raise ConfigError(f"{name} names its weights already; pretrained={pretrained!r} names other ones")
         tag = pretrained

@@ -22,7 +22,7 @@ from ..file_kinds import SAFETENSORS, TORCH_CHECKPOINT, looks_like
 from .checkpoint import WeightsSource, read_state_dict, refuse_folder
 from .hrnet import NUM_BRANCHES, HRNet, HRNetConfig
 from .layouts import TIMM_HRNET, detect_layout, to_resnetlab_layout
-from ..pretrained.catalog import PretrainedWeights, find_weights
+from ..pretrained.catalog import PretrainedWeights, is_pretrained_tag
 from ..pretrained.store import fetch
 from .registry import build_model, create_model
 from .resnet import ResNet, ResNetConfig
@@ -268,7 +268,7 @@ def load_pretrained(model: ResNet | HRNet, weights: PretrainedWeights) -> LoadRe
 def load_model(path: str | os.PathLike) -> ResNet | HRNet:
     """Rebuild the model saved by ``save_weights`` (architecture, weights, class names, preprocessing),
     or a pretrained tag's (``load_model("resnet50.a1_in1k")``) when ``path`` names no file."""
-    if not Path(path).exists() and find_weights(os.fspath(path)) is not None:
+    if is_pretrained_tag(path):
         return create_model(os.fspath(path), pretrained=True)
     metadata = read_metadata(path)
     model = build_model(config_from_metadata(metadata, path), arch=metadata["arch"])

@@ -12,8 +12,10 @@ import fnmatch
 import functools
 import gzip
 import json
+import os
 from dataclasses import asdict, dataclass
 from importlib.resources import files
+from pathlib import Path
 
 from ..errors import ConfigError
 from ..preprocessing import Preprocessing
@@ -59,7 +61,7 @@ class PretrainedWeights:
                              std=p["std"], interpolation=p["interpolation"])
 
     def class_names(self) -> list[str] | None:
-        return class_names(self.label_set) if self.label_set else None
+        return list(class_names(self.label_set)) if self.label_set else None  # a copy: the model may change it
 
     def to_dict(self) -> dict:
         info = asdict(self)
@@ -93,8 +95,9 @@ def _canonical_tag(entry: PretrainedWeights) -> str:
     return f"{entry.arch}.{entry.tag.split('.', 1)[1]}"
 
 
-def is_pretrained_tag(name: str) -> bool:
-    return find_weights(name) is not None
+def is_pretrained_tag(name: str | os.PathLike) -> bool:
+    """Whether ``name`` is a tag and not a file: a file of that name on disk is the file."""
+    return not Path(name).exists() and find_weights(os.fspath(name)) is not None
 
 
 def find_weights(tag: str) -> PretrainedWeights | None:
@@ -102,6 +105,11 @@ def find_weights(tag: str) -> PretrainedWeights | None:
     if tag in catalog:
         return catalog[tag]
     return next((entry for entry in catalog.values() if _canonical_tag(entry) == tag), None)
+
+
+def find_by_url(url: str) -> PretrainedWeights | None:
+    """The tag one of whose files is published at ``url`` (a torchvision or hub URL given as such)."""
+    return next((entry for entry in _catalog().values() if any(spec.url == url for spec in entry.files)), None)
 
 
 def get_weights(tag: str) -> PretrainedWeights:

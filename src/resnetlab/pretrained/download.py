@@ -22,6 +22,8 @@ from ..file_kinds import SAFETENSORS, TORCH_CHECKPOINT, looks_like
 
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _BLOCK = 1 << 20
+# Beside a file whose checksum is not in the catalog: the SHA-256 the hub sent with it, or `weights import` took.
+SIDECAR_SUFFIX = ".sha256"
 _TIMEOUT_S = 30
 
 
@@ -38,16 +40,18 @@ class _HubHeaders(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
-def download(url: str, target: Path, expected: str | None, *, progress: bool = True, unchecked_ok: bool = False) -> str:
+def download(url: str, target: Path, expected: str | None, *, progress: bool = True, unchecked_ok: bool = False,
+             record_checksum: bool = False) -> str:
     """Fetch ``url`` into ``target``; return its SHA-256. ``expected`` is a SHA-256 or its leading digits;
-    with none known (and none from the hub), the file is refused unless ``unchecked_ok`` (a URL the user gave)."""
+    with none known (and none from the hub), the file is refused unless ``unchecked_ok`` (a URL the user gave).
+    ``record_checksum`` writes the SHA-256 to ``TARGET.sha256`` before the file is put in place."""
     part = target.with_name(target.name + ".part")
-    target.parent.mkdir(parents=True, exist_ok=True)
     hub = _HubHeaders()
     opener = urllib.request.build_opener(hub)
     have = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         with opener.open(request, timeout=_TIMEOUT_S) as response:
             if response.status != 206:
                 have = 0  # the server sends the whole file: start over
@@ -69,12 +73,13 @@ def download(url: str, target: Path, expected: str | None, *, progress: bool = T
             pass
         else:
             raise CheckpointError(f"{url}: the server answered {error.code} {error.reason}") from error
-    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as error:
+    except (OSError, http.client.HTTPException) as error:  # no network, a reset, TLS, a full or read-only disk
         # The part stays: the next try continues where this one stopped.
         kept = part.stat().st_size if part.is_file() else 0
         resume = f"; {kept:,} bytes kept in {part.name} to resume from" if kept else ""
-        raise CheckpointError(f"could not download {url} ({getattr(error, 'reason', error)}){resume}") from error
-    return _finish(part, target, url, expected or hub.sha256, unchecked_ok)
+        reason = getattr(error, "reason", None) or getattr(error, "strerror", None) or error
+        raise CheckpointError(f"could not download {url} ({reason}){resume}") from error
+    return _finish(part, target, url, expected or hub.sha256, unchecked_ok, record_checksum)
 
 
 def read_text(url: str) -> str | None:
@@ -82,11 +87,11 @@ def read_text(url: str) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=_TIMEOUT_S) as response:
             return response.read(1000).decode("ascii", "replace").strip()
-    except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError):
+    except (OSError, http.client.HTTPException):
         return None
 
 
-def _finish(part: Path, target: Path, url: str, expected: str | None, unchecked_ok: bool) -> str:
+def _finish(part: Path, target: Path, url: str, expected: str | None, unchecked_ok: bool, record_checksum: bool) -> str:
     actual = file_sha256(part)
     kind = looks_like(part)
     if kind not in (SAFETENSORS, TORCH_CHECKPOINT):
@@ -100,6 +105,8 @@ def _finish(part: Path, target: Path, url: str, expected: str | None, unchecked_
         part.unlink()
         raise CheckpointError(f"{url} sent a file with SHA-256 {actual[:16]}..., not the published "
                               f"{expected[:16]}...: corrupt or replaced, and discarded")
+    if record_checksum:  # first, so that a file in place always has its checksum beside it
+        target.with_name(target.name + SIDECAR_SUFFIX).write_text(actual + "\n")
     os.replace(part, target)
     return actual
 

@@ -8,8 +8,11 @@ checksum before a byte of it is deserialised, and a file that fails is removed, 
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +23,10 @@ from ..atomic import atomic_path
 from ..errors import CheckpointError
 from ..file_kinds import SAFETENSORS, looks_like
 from .catalog import PretrainedWeights, WeightsFile, get_weights
-from .download import SHA256_HEX, download, file_sha256, read_text
+from .download import SHA256_HEX, SIDECAR_SUFFIX, download, file_sha256, read_text
 
-# Beside a file whose checksum is not in the catalog: the SHA-256 the hub sent with it, or `weights import` took.
-SIDECAR_SUFFIX = ".sha256"
 OFFLINE_VARIABLES = ("RESNETLAB_OFFLINE", "HF_HUB_OFFLINE")
+logger = logging.getLogger("resnetlab")
 
 
 def weights_dir() -> Path:
@@ -80,13 +82,16 @@ def verify(path: Path, spec: WeightsFile, tag: str) -> None:
     if expected.matches(actual):
         return
     removed = ""
-    if path.parent == weights_dir() and not path.is_symlink():
-        path.unlink()
-        path.with_name(path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
-        removed = "; it was removed"
+    if not path.is_symlink() and hub_cache_dir() not in path.parents:  # the hub's cache is not ours to delete from
+        try:
+            path.unlink()
+            path.with_name(path.name + SIDECAR_SUFFIX).unlink(missing_ok=True)
+            removed = "; it was removed"
+        except OSError as error:  # a read-only shared folder: say so, and still never use the file
+            removed = f"; it could not be removed ({error.strerror}): delete it"
     raise CheckpointError(f"{tag}: {path} is not the published file (SHA-256 {actual[:16]}..., expected "
                           f"{expected.digest[:16]}... from {expected.where}){removed}; fetch it again with "
-                          f"`resnetlab weights download {tag}`")
+                          f"`resnetlab weights download {tag} --dir {path.parent}`")
 
 
 def hub_cache_file(spec: WeightsFile) -> Path | None:
@@ -130,33 +135,66 @@ def published_checksum(url: str, spec: WeightsFile) -> str | None:
 
 
 def fetch(tag: str, directory: Path | None = None, *, progress: bool = True) -> Path:
-    """The checked local file of ``tag``'s weights: found on disk, else downloaded into ``directory``."""
+    """The checked local file of ``tag``'s weights: found on disk, else downloaded into ``directory``.
+
+    A copy of ours that fails its check is removed and fetched again (offline, the check's error is raised)."""
     entry = get_weights(tag)
     directory = directory or weights_dir()
-    found = cached_file(entry, directory)
-    if found is not None:
-        verify(*found, entry.tag)
-        return found[0]
+    if (found := _checked_copy(entry, directory)) is not None:
+        return found
     if offline():
         raise CheckpointError(_not_here(entry, directory, "offline mode is on (RESNETLAB_OFFLINE or HF_HUB_OFFLINE)"))
-    directory.mkdir(parents=True, exist_ok=True)
-    # One download at a time per tag: the ranks of a torchrun job all ask for the file at once.
-    with FileLock(directory / f".{entry.tag}.lock"):
-        found = cached_file(entry, directory)  # fetched by another process while this one waited
-        if found is not None:
-            verify(*found, entry.tag)
-            return found[0]
-        failures = []
-        for url, spec in download_urls(entry):
-            target = directory / spec.file_name
-            try:
-                sha256 = download(url, target, published_checksum(url, spec), progress=progress)
-            except CheckpointError as error:
-                failures.append(str(error))
-                continue
-            if not (spec.sha256 or spec.sha256_prefix):
-                target.with_name(target.name + SIDECAR_SUFFIX).write_text(sha256 + "\n")
-            return target
+    with download_lock(directory, entry.tag):
+        if (found := _checked_copy(entry, directory)) is not None:  # fetched by another process meanwhile
+            return found
+        return _download_one(entry, directory, progress)
+
+
+@contextlib.contextmanager
+def download_lock(directory: Path, name: str) -> Iterator[None]:
+    """One download of ``name`` into ``directory`` at a time: the ranks of a torchrun job all ask at once."""
+    lock = FileLock(directory / f".{name}.lock")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as error:
+        raise CheckpointError(f"cannot write to {directory} to download {name} ({error.strerror}); set "
+                              "RESNETLAB_WEIGHTS_DIR (or --dir) to a folder you can write to") from error
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _checked_copy(entry: PretrainedWeights, directory: Path) -> Path | None:
+    found = cached_file(entry, directory)
+    if found is None:
+        return None
+    try:
+        verify(*found, entry.tag)
+        return found[0]
+    except CheckpointError as error:
+        if offline() or hub_cache_dir() in found[0].parents:
+            raise
+        logger.warning(f"{error}; fetching it again")
+        return None
+
+
+def _download_one(entry: PretrainedWeights, directory: Path, progress: bool) -> Path:
+    failures = []
+    for url, spec in download_urls(entry):
+        expected = published_checksum(url, spec)
+        if expected is None and os.environ.get("RESNETLAB_WEIGHTS_URL"):
+            failures.append(f"the mirror has no {spec.file_name}{SIDECAR_SUFFIX} beside {url} and the registry "
+                            "no checksum for it")
+            continue
+        target = directory / spec.file_name
+        try:
+            download(url, target, expected, progress=progress, record_checksum=not (spec.sha256 or spec.sha256_prefix))
+        except CheckpointError as error:
+            failures.append(str(error))
+            continue
+        return target
     raise CheckpointError(_not_here(entry, directory, "; ".join(failures)))
 
 
@@ -164,7 +202,8 @@ def _not_here(entry: PretrainedWeights, directory: Path, why: str) -> str:
     names = " or ".join(spec.file_name for spec in entry.files)
     return (f"{entry.tag}: no weights file here ({names} in {directory}) and none could be fetched: {why}. "
             f"On a machine with network: `resnetlab weights download {entry.tag} --dir DIR`, then copy the "
-            f"file into {directory} (or set RESNETLAB_WEIGHTS_DIR, or RESNETLAB_WEIGHTS_URL to a mirror)")
+            f"file (with its {SIDECAR_SUFFIX}, if it has one) into {directory} (or set RESNETLAB_WEIGHTS_DIR, or "
+            "RESNETLAB_WEIGHTS_URL to a mirror)")
 
 
 def import_file(path: Path, tag: str, directory: Path | None = None, *, fits=None) -> Path:
