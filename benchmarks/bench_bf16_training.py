@@ -14,7 +14,7 @@ import time
 import torch
 
 from resnetlab import create_model
-from resnetlab.bench.hardware import has_native_bf16
+from resnetlab.hardware import has_native_bf16
 
 CASES = [("cifar_resnet20", 128, 32), ("resnet50", 16, 224)]  # model, batch, input side
 

@@ -20,7 +20,7 @@ import torch
 import torchvision
 
 from resnetlab import count_macs, create_model
-from resnetlab.bench.hardware import cpu_peak, sgemm_gflops
+from resnetlab.hardware import cpu_peak, sgemm_gflops
 from resnetlab.inference import backend_available, optimize
 
 CPU = torch.device("cpu")

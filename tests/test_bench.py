@@ -13,7 +13,7 @@ import torch
 from rich.console import Console
 
 from resnetlab import count_macs, create_model
-from resnetlab.bench.hardware import cpu_peak, parse_cpu_peak, parse_int8_support, sgemm_gflops, torch_threads
+from resnetlab.hardware import cpu_peak, parse_cpu_peak, parse_int8_support, sgemm_gflops, torch_threads
 from resnetlab.bench.measure import measure, side_by_side
 from resnetlab.bench.memory import peak_memory_increase, polled_peak_increase
 from resnetlab.bench.plots import write_plots
@@ -343,7 +343,7 @@ def test_checkpoint_and_data_misuse_is_one_line_on_stderr(capsys, argv, message)
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
-    from resnetlab.bench.hardware import has_native_bf16
+    from resnetlab.hardware import has_native_bf16
 
     with_bf16, without = tmp_path / "zen4", tmp_path / "haswell"
     with_bf16.write_text(_cpuinfo("AuthenticAMD", 25, "avx2 fma avx512f avx512_bf16", "2600.0", cores=2))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import resnetlab.export as export_module
+from resnetlab.runtimes import shape_checked
 from resnetlab import create_model, load_model
 from resnetlab.cli import main
 from resnetlab.data.datasets import decode_files
@@ -87,7 +88,7 @@ def test_a_static_batch_graph_is_fed_one_image_at_a_time(tmp_path):
 
 def test_a_fixed_batch_that_does_not_divide_the_images_is_refused():
     graph_batches = []
-    run = export_module.shape_checked(lambda images: graph_batches.append(len(images)) or images, [4, 3, 8, 8])
+    run = shape_checked(lambda images: graph_batches.append(len(images)) or images, [4, 3, 8, 8])
     assert run(torch.zeros(8, 3, 8, 8)).shape == (8, 3, 8, 8) and graph_batches == [4, 4]
     with pytest.raises(ConfigError, match="takes batches of exactly 4 images, not 6"):
         run(torch.zeros(6, 3, 8, 8))

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from resnetlab import load_model
-from resnetlab.bench.hardware import Int8Support, int8_support
+from resnetlab.hardware import Int8Support, int8_support
 from resnetlab.cli import main
 from resnetlab.compress.chain import ChainSettings, check_steps
 from resnetlab.compress.int8_target import int8_layout, speed_note

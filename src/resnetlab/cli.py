@@ -25,7 +25,8 @@ from .cli_deploy import add_export_parser
 from .cli_serve import add_serve_parser
 from .cli_training import add_demo_parser, add_evaluation_parsers, add_train_parser
 from .cli_weights import add_weights_parser
-from .retrieval import (EmbeddingIndex, embed, embed_images, find_images, folder_labels, load_index,
+from .data.folders import find_images
+from .retrieval import (EmbeddingIndex, embed, embed_images, folder_labels, load_index,
                         save_index, search)
 
 MACS_NOTE = "MACs are multiply-accumulates (1 MAC = 2 FLOPs) for one image; torchvision's 'GFLOPS' are GMACs."

@@ -42,7 +42,7 @@ def add_bench_parser(commands) -> None:
 
 def cmd_bench(args: argparse.Namespace, console) -> None:
     # Imported here: the backends, timm and matplotlib load only when something is measured.
-    from .bench.hardware import cpu_peak, sgemm_gflops, torch_threads
+    from .hardware import cpu_peak, sgemm_gflops, torch_threads
     from .bench.plots import write_plots
     from .bench.report import print_table, write_csv, write_json
     from .bench.run import run_benchmark

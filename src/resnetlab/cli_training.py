@@ -274,7 +274,8 @@ def print_evaluation(report, console) -> None:
 
 def cmd_predict(args: argparse.Namespace, console) -> None:
     from .deployed import load_deployed
-    from .predict import image_paths, predict_files
+    from .data.folders import image_paths
+    from .predict import predict_files
 
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")

@@ -8,11 +8,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import functools
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -20,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError
+from .typed_fields import check_types
 
 CACHE_MODES = ("auto", "memory", "none")
 AUGMENT_PRESETS = ("auto", "imagenet", "cifar", "none")
@@ -243,44 +241,6 @@ def config_from_dict(values: dict, cls: type = None, where: str = ""):
         kwargs[key] = config_from_dict(value, nested, dotted) if nested else value
     check_types(cls, values, where)
     return cls(**kwargs)
-
-
-def check_types(config_class: type, values: dict, where: str = "") -> None:
-    """Refuse a value that does not fit its field's annotation, in one line naming the field, before
-    validation compares it (``'abc' <= 0`` would only say TypeError). Nested configs check their own."""
-    annotations = _field_types(config_class)
-    for key, value in values.items():
-        annotation = annotations[key]
-        if not dataclasses.is_dataclass(annotation) and not _fits(value, annotation):
-            dotted = f"{where}.{key}" if where else key
-            raise ConfigError(f"{dotted} must be {_describe(annotation)}, not {value!r}")
-
-
-_field_types = functools.cache(typing.get_type_hints)  # the annotations are strings (__future__)
-_TYPE_NAMES = {bool: ("true or false", "true or false values"), int: ("an integer", "integers"),
-               float: ("a number", "numbers"), str: ("a string", "strings"), dict: ("a mapping", "mappings"),
-               type(None): ("null", "nulls")}
-
-
-def _fits(value, annotation) -> bool:
-    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (types.UnionType, typing.Union):
-        return any(_fits(value, argument) for argument in arguments)
-    if origin in (tuple, list):  # YAML and JSON give lists; the configs keep tuples
-        return isinstance(value, (tuple, list)) and all(_fits(item, arguments[0]) for item in value)
-    if isinstance(value, bool):  # a bool is an int to isinstance, but true is no batch size
-        return annotation is bool
-    # Python's own numbers only: a numpy or torch scalar would reach the JSON and YAML the config is saved as.
-    return isinstance(value, (int, float) if annotation is float else annotation)
-
-
-def _describe(annotation, plural: bool = False) -> str:
-    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (types.UnionType, typing.Union):
-        return " or ".join(_describe(argument, plural) for argument in arguments)
-    if origin in (tuple, list):
-        return f"{'lists' if plural else 'a list'} of {_describe(arguments[0], plural=True)}"
-    return _TYPE_NAMES[annotation][plural]
 
 
 def apply_overrides(values: dict, overrides: list[str]) -> dict:

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import torch
 
+from .devices import resolve_device
 from .errors import CheckpointError, ConfigError
 from .models.checkpoint import refuse_folder
 from .pretrained.catalog import is_pretrained_tag
 from .preprocessing import Preprocessing
+from .runtimes import load_torchscript, onnxruntime_runner, openvino_runner, read_onnx_metadata
 
 FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript"}  # suffix -> format
 
@@ -50,8 +52,6 @@ def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu",
 
     ``format`` ("safetensors", "onnx", "torchscript") is read from the suffix when not given; an export
     gives it to check the file it is writing under a temporary name."""
-    from .engine.distributed import resolve_device
-
     path = Path(path)
     if format is not None and format not in FORMATS.values():
         raise ConfigError(f"unknown model format {format!r}; choose one of {', '.join(FORMATS.values())}")
@@ -95,8 +95,6 @@ def _safetensors(path: Path, device: torch.device) -> DeployedModel:
 
 
 def _onnx(path: Path, device: torch.device) -> DeployedModel:
-    from .export import onnxruntime_runner, openvino_runner, read_onnx_metadata
-
     metadata = read_onnx_metadata(path)
     backend = metadata.get("runtime", "onnxruntime")
     run = openvino_runner(path) if backend == "openvino" else onnxruntime_runner(path)
@@ -104,8 +102,6 @@ def _onnx(path: Path, device: torch.device) -> DeployedModel:
 
 
 def _torchscript(path: Path, device: torch.device) -> DeployedModel:
-    from .export import load_torchscript
-
     module, metadata = load_torchscript(path)
 
     def run(images: torch.Tensor) -> torch.Tensor:

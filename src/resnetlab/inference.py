@@ -19,7 +19,8 @@ from torch.fx.experimental.optimization import fuse
 from .errors import ConfigError
 from .models.blocks import DeformableConv3x3
 from .models.norms import fold_weight_standardization
-from .export import onnx_bytes, onnxruntime_runner, openvino_runner, quiet_tracing, refuse_deformable_onnx
+from .export import onnx_bytes, refuse_deformable_onnx
+from .runtimes import onnxruntime_runner, openvino_runner, quiet_tracing
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")

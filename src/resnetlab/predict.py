@@ -1,7 +1,6 @@
 """Predict classes of image files with a saved model."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from .data.datasets import BadImage
 from .errors import DataError
 from .image_input import check_reads_image_files, normalize, read_crop
 from .deployed import DeployedModel
-from .retrieval import find_images
 
 
 @dataclass
@@ -23,19 +21,6 @@ class Prediction:
     def as_dict(self) -> dict:
         return {"path": self.path, "top": [{"label": label, "probability": round(p, 6)}
                                            for label, p in zip(self.labels, self.probabilities)]}
-
-
-def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Files as given, folders searched recursively for images."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            paths += find_images(item)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DataError(f"{item} does not exist; give image files or folders of images")
-    return paths
 
 
 @torch.inference_mode()

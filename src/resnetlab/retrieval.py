@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_path
 from .data.datasets import BadImage
-from .data.folders import IMAGE_EXTENSIONS
+from .data.folders import find_images  # noqa: F401  (retrieval's API: embed_images(model, find_images(root)))
 from .errors import ConfigError, DataError
 from .image_input import normalize, read_crop
 from .models.resnet import ResNet
@@ -44,20 +44,6 @@ class Embedded:
     embeddings: torch.Tensor  # float32 (N, D), unit rows, in the order of ``paths``
     paths: list[Path]
     skipped: list[BadImage] = field(default_factory=list)
-
-
-def find_images(root: str | os.PathLike) -> list[Path]:
-    """Every image file under ``root``, sub-folders included, sorted; other files are ignored."""
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder; give a folder of images (searched recursively)")
-    files = sorted(path for path in root.rglob("*")
-                   if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-                   and not any(part.startswith(".") for part in path.relative_to(root).parts))
-    if not files:
-        raise DataError(f"{root} holds no image files ({', '.join(IMAGE_EXTENSIONS[:5])}, ...) "
-                        "in it or its sub-folders")
-    return files
 
 
 def folder_labels(paths: list[Path], root: str | os.PathLike) -> list[str] | None:

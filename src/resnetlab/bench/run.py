@@ -27,7 +27,7 @@ from ..models import HRNetConfig, ResNetConfig, create_model, load_model
 from ..models.registry import build_model, model_config
 from ..models.weights import config_from_metadata
 from ..inference import optimize
-from .hardware import cpu_peak, torch_threads
+from ..hardware import cpu_peak, torch_threads
 from .measure import measure
 from .memory import held_bytes
 from .report import BenchRow, fraction_of_peak

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..bench.hardware import Int8Support, int8_support
+from ..hardware import Int8Support, int8_support
 from ..errors import ConfigError
 
 INT8_TARGETS = ("auto", "vnni", "no-vnni")

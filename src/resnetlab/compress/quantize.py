@@ -41,11 +41,13 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import ConfigError, DataError
-from ..export import METADATA_KEY, onnx_bytes, quiet_tracing, save_torchscript
+from ..export import onnx_bytes, save_torchscript
+from ..models.weights import METADATA_KEY
+from ..runtimes import quiet_tracing
 from ..image_input import check_reads_image_files, normalize, read_crop
 from ..models import ResNet
 from ..models.weights import model_metadata
-from ..predict import image_paths
+from ..data.folders import image_paths
 from .int8_target import Int8Layout, int8_layout, resolve_target
 
 logger = logging.getLogger("resnetlab")

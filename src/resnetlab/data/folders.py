@@ -31,6 +31,33 @@ class Split:
                      tuple(self.labels[i] for i in keep))
 
 
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """Every image file under ``root``, sub-folders included, sorted; other files are ignored."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; give a folder of images (searched recursively)")
+    files = sorted(path for path in root.rglob("*")
+                   if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
+                   and not any(part.startswith(".") for part in path.relative_to(root).parts))
+    if not files:
+        raise DataError(f"{root} holds no image files ({', '.join(IMAGE_EXTENSIONS[:5])}, ...) "
+                        "in it or its sub-folders")
+    return files
+
+
+def image_paths(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Files as given, folders searched recursively for images."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += find_images(item)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError(f"{item} does not exist; give image files or folders of images")
+    return paths
+
+
 def find_splits(root: str | os.PathLike, val_split: str | None = None) -> tuple[Path, Path]:
     """The train and evaluation split folders of ``root``: ``val`` (or ``test``) unless named."""
     root = Path(root).expanduser()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..devices import resolve_device
 
 
 @dataclass(frozen=True)
@@ -38,21 +38,6 @@ def setup(device: str = "auto") -> Context:
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as error:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from error
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} was asked for but no CUDA GPU is visible; use --device cpu")
-        if resolved.index is None:
-            resolved = torch.device("cuda", local_rank)
-    return resolved
 
 
 def broadcast_buffers(model: torch.nn.Module) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ..bench.hardware import has_native_bf16
+from ..hardware import has_native_bf16
 from ..config import ModelConfig, TrainConfig, config_to_dict
 from ..data.loaders import DataInfo, build_loaders, preprocessing_at_input_size
 from ..errors import ConfigError

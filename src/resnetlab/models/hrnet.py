@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check_types
+from ..typed_fields import check_types
 from ..errors import ConfigError
 from ..preprocessing import IMAGENET, Preprocessing
 from .blocks import BasicBlock, Bottleneck, conv1x1

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchvision.ops import DeformConv2d
 
-from ..config import check_types
+from ..typed_fields import check_types
 from ..errors import ConfigError
 from ..preprocessing import CIFAR10, IMAGENET, Preprocessing
 from .blocks import (ANTI_ALIASING, ATTENTIONS, BLOCKS, BlurPool, DeformableConv3x3, SamePadAvgPool, ZeroPadShortcut,

@@ -29,7 +29,7 @@ from .resnet import ResNet, ResNetConfig
 
 logger = logging.getLogger("resnetlab")
 
-_METADATA_KEY = "resnetlab"
+METADATA_KEY = "resnetlab"  # safetensors header key, ONNX metadata_props key, TorchScript extra file "resnetlab.json"
 _FORMAT = "resnetlab.weights/1"
 # The metadata's "family" -> the config it holds; files written before HRNet name none and hold a ResNet.
 _CONFIGS = {"resnet": ResNetConfig, "hrnet": HRNetConfig}
@@ -188,7 +188,7 @@ def save_weights(model: ResNet | HRNet, path: str | os.PathLike, *, class_names:
     metadata = model_metadata(model, class_names, preprocessing)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:  # written by Python: a full disk is an OSError, not the library's own error
-        tmp.write_bytes(safetensors.torch.save(tensors, metadata={_METADATA_KEY: json.dumps(metadata)}))
+        tmp.write_bytes(safetensors.torch.save(tensors, metadata={METADATA_KEY: json.dumps(metadata)}))
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(metadata, indent=2) + "\n")
     return path
@@ -227,10 +227,10 @@ def read_metadata(path: str | os.PathLike) -> dict:
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): "
                               f"{error}") from error
-    if _METADATA_KEY not in header:
+    if METADATA_KEY not in header:
         raise CheckpointError(f"{path} carries no resnetlab metadata; build the model with "
                               "create_model(...) and use load_weights(model, path) instead")
-    return json.loads(header[_METADATA_KEY])
+    return json.loads(header[METADATA_KEY])
 
 
 def _not_safetensors(path: Path, kind: str) -> str:
