@@ -17,7 +17,7 @@ def add_bench_parser(commands) -> None:
     bench.add_argument("models", nargs="*", metavar="MODEL",
                        help="names from `resnetlab models` (default: resnet50, or the --checkpoint's)")
     bench.add_argument("--checkpoint", metavar="PATH",
-                       help="measure this model file instead: trained weights (.safetensors), or an .onnx or .pt "
+                       help="measure this model file instead: trained weights (.safetensors), or an .onnx, .pt2 or .pt "
                             "from export or quantize, as it is, or a pretrained tag (resnet50.tv2_in1k)")
     bench.add_argument("--data", metavar="DIR",
                        help="with --checkpoint: also the top-1 of each backend and precision on DIR's val/ "

@@ -15,11 +15,11 @@ def add_serve_parser(commands) -> None:
     defaults = ServeSettings(checkpoint="")
     serve = commands.add_parser(
         "serve", help="an HTTP service: /predict, /embed, /metrics and a web page, with dynamic batching",
-        description="Serve a trained (.safetensors) or exported/INT8 (.onnx, .pt) model over HTTP. Concurrent "
+        description="Serve a trained (.safetensors) or exported/INT8 (.onnx, .pt2, .pt) model over HTTP. Concurrent "
                     "requests are grouped into batches of up to --max-batch images, waiting at most "
                     "--max-wait-ms for a batch to fill. Open http://HOST:PORT/ for a page to try it, "
                     "/docs for the API.")
-    serve.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors, .onnx or .pt model file, or a pretrained tag")
+    serve.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors, .onnx, .pt2 or .pt model file, or a pretrained tag")
     serve.add_argument("--host", default=defaults.host, help=f"address to listen on (default {defaults.host})")
     serve.add_argument("--port", type=int, default=defaults.port, help=f"default {defaults.port}")
     serve.add_argument("--workers", type=int, default=defaults.workers,
@@ -27,7 +27,7 @@ def add_serve_parser(commands) -> None:
     serve.add_argument("--threads", type=int, help="threads per worker (default: cores / workers)")
     serve.add_argument("--backend", default=defaults.backend,
                        help="for .safetensors: auto, eager, compile, onnxruntime or openvino (default auto: "
-                            "the fastest installed); .onnx and .pt files run on the runtime they were written for")
+                            "the fastest installed); .onnx, .pt2 and .pt files run on the runtime they were written for")
     serve.add_argument("--max-batch", type=int, default=defaults.max_batch,
                        help=f"images per forward pass; 1 turns batching off (default {defaults.max_batch})")
     serve.add_argument("--max-wait-ms", type=float, default=defaults.max_wait_ms,

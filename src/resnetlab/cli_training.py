@@ -226,7 +226,7 @@ def cmd_distill(args: argparse.Namespace, console) -> None:
 def add_evaluation_parsers(commands) -> None:
     evaluate = commands.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion matrix")
     evaluate.add_argument("--checkpoint", required=True, type=Path,
-                          help="a .safetensors written by training, an .onnx or .pt from export or quantize, or a pretrained tag")
+                          help="a .safetensors written by training, an .onnx, .pt2 or .pt from export or quantize, or a pretrained tag")
     evaluate.add_argument("--data", required=True,
                           help="image folder (its val/ or test/ split, or class folders directly), or cifar10")
     evaluate.add_argument("--split", help="the folder to evaluate on (default: val, else test)")
@@ -239,7 +239,7 @@ def add_evaluation_parsers(commands) -> None:
 
     predict = commands.add_parser("predict", help="top-k labels of image files")
     predict.add_argument("--checkpoint", required=True, type=Path,
-                         help="a .safetensors written by training, an .onnx or .pt from export or quantize, or a pretrained tag")
+                         help="a .safetensors written by training, an .onnx, .pt2 or .pt from export or quantize, or a pretrained tag")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("-k", "--top-k", type=int, default=5)
     predict.add_argument("--device", default="auto")

@@ -5,6 +5,7 @@ INT8-quantized ONNX graph (.onnx), or a TorchScript file (.pt: ``export --format
 metadata names (ONNX Runtime unless it says OpenVINO)."""
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from .errors import CheckpointError, ConfigError
 from .models.checkpoint import refuse_folder
 from .pretrained.catalog import is_pretrained_tag
 from .preprocessing import Preprocessing
-from .runtimes import load_torchscript, onnxruntime_runner, openvino_runner, read_onnx_metadata
+from .runtimes import load_aoti_package, load_torchscript, onnxruntime_runner, openvino_runner, read_onnx_metadata
 
-FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt": "torchscript"}  # suffix -> format
+logger = logging.getLogger("resnetlab")
+MODEL_FILE_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript"}
 
 
 @dataclass
@@ -27,8 +29,9 @@ class DeployedModel:
     """``model(images) -> logits`` on normalised NCHW float images, with what it needs around it."""
 
     path: Path
-    format: str  # "safetensors", "onnx" or "torchscript"
-    backend: str  # what runs it: "eager", "onnxruntime", "openvino", "torchscript", or "x86" (PyTorch's INT8 kernels)
+    format: str  # "safetensors", "onnx", "pt2" or "torchscript"
+    backend: str  # what runs it: "eager", "onnxruntime", "openvino", "aotinductor", "torchscript", or "x86"
+    # (PyTorch's INT8 kernels)
     arch: str
     precision: str  # "fp32", or "int8" for a quantized graph
     params: int | None  # None for a graph file: its parameters are not the PyTorch model's
@@ -50,33 +53,33 @@ def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu",
                   format: str | None = None) -> DeployedModel:
     """``device`` "auto": a GPU when there is one for weights, the CPU for graph files (they run there).
 
-    ``format`` ("safetensors", "onnx", "torchscript") is read from the suffix when not given; an export
+    ``format`` ("safetensors", "onnx", "pt2", "torchscript") is read from the suffix when not given; an export
     gives it to check the file it is writing under a temporary name."""
     path = Path(path)
-    if format is not None and format not in FORMATS.values():
-        raise ConfigError(f"unknown model format {format!r}; choose one of {', '.join(FORMATS.values())}")
+    if format is not None and format not in MODEL_FILE_FORMATS.values():
+        raise ConfigError(f"unknown model format {format!r}; choose one of {', '.join(MODEL_FILE_FORMATS.values())}")
     format = format or model_file_format(path)
     if format == "safetensors":
         return _safetensors(path, resolve_device(device) if isinstance(device, str) else device)
     device = torch.device("cpu") if device == "auto" else torch.device(device)
     if device.type != "cpu":
         raise ConfigError(f"{path.suffix} models run on the CPU here, not {device}")
-    return _onnx(path, device) if format == "onnx" else _torchscript(path, device)
+    return {"onnx": _onnx, "pt2": _pt2, "torchscript": _torchscript}[format](path, device)
 
 
 def model_file_format(path: Path) -> str:
-    """"safetensors", "onnx" or "torchscript" for an existing model file, "safetensors" for a pretrained tag
+    """"safetensors", "onnx", "pt2" or "torchscript" for an existing model file, "safetensors" for a pretrained tag
     (``resnet50.a1_in1k``, fetched on first use); a ``CheckpointError`` for anything else."""
     if is_pretrained_tag(path):
         return "safetensors"
-    refuse_folder(path, "model file", FORMATS)
-    if path.suffix not in FORMATS:
+    refuse_folder(path, "model file", MODEL_FILE_FORMATS)
+    if path.suffix not in MODEL_FILE_FORMATS:
         raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train), an .onnx (resnetlab export "
-                              "or quantize), a TorchScript .pt (resnetlab export or quantize --backend x86) "
-                              "model file, nor a pretrained tag (`resnetlab weights list`)")
+                              "or quantize), a .pt2 (resnetlab export --format pt2), a TorchScript .pt (resnetlab "
+                              "quantize --backend x86) model file, nor a pretrained tag (`resnetlab weights list`)")
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
-    return FORMATS[path.suffix]
+    return MODEL_FILE_FORMATS[path.suffix]
 
 
 def _safetensors(path: Path, device: torch.device) -> DeployedModel:
@@ -101,8 +104,16 @@ def _onnx(path: Path, device: torch.device) -> DeployedModel:
     return _graph(path, "onnx", backend, metadata, device, run)
 
 
+def _pt2(path: Path, device: torch.device) -> DeployedModel:
+    run, metadata = load_aoti_package(path)
+    return _graph(path, "pt2", "aotinductor", metadata, device, run)
+
+
 def _torchscript(path: Path, device: torch.device) -> DeployedModel:
     module, metadata = load_torchscript(path)
+    if metadata.get("precision", "fp32") == "fp32":  # an earlier version's export: nothing writes these now
+        logger.warning("%s is a TorchScript file, which PyTorch deprecates: it loads, but export the model "
+                       "again as --format pt2 (or onnx) to keep it running on later versions", path.name)
 
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -1,32 +1,41 @@
-"""Export a trained model to ONNX, TorchScript or safetensors, and check the file against eager at once.
+"""Export a trained model to ONNX, an AOTInductor package (.pt2) or safetensors, and check the file
+against eager at once.
 
-Every format carries what a deployment needs besides the graph: architecture, class names and
-preprocessing (input size, resize, mean, std), as ``model_metadata`` gives them.
+Both graph formats go through ``torch.export``: ONNX through PyTorch's torch.export-based exporter
+(onnxscript), the .pt2 through AOTInductor (``torch._inductor.aoti_compile_and_package``), compiled
+ahead of time into a package that runs with torch alone, without resnetlab's model code. Every
+format carries what a deployment needs besides the graph: architecture, class names and
+preprocessing (input size, resize, mean, std), as ``model_metadata`` gives them. TorchScript, which
+PyTorch deprecates, is no longer written; the .pt files of earlier versions still load.
 """
 from __future__ import annotations
 
-import io
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
 
 from .atomic import atomic_path
 from .deployed import load_deployed
 from .errors import ConfigError
 from .models import ResNet, save_weights
 from .models.weights import METADATA_KEY, model_metadata, read_metadata
-from .runtimes import load_torchscript, quiet_tracing, read_onnx_metadata
+from .runtimes import AOTI_METADATA_KEY, load_aoti_package, load_torchscript, read_onnx_metadata
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt", "safetensors": ".safetensors"}
-# A dynamic batch must really be dynamic: two sizes the trace never saw (a static one is fed in chunks).
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}  # format -> suffix
+# A dynamic batch must really be dynamic: two sizes the export never saw (a static one is fed in chunks).
 CHECK_BATCHES = (1, 7)
 TOLERANCE = 1e-3  # max abs logit difference, relative to logits of order one
-DEFAULT_OPSET = 17
-MIN_OPSET = 10  # the CIFAR ResNets' zero-padding shortcut slices with a stride, which ONNX has from opset 10
-MAX_OPSET = ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET  # the newest the exporter we call (dynamo=False) supports
+DEFAULT_OPSET = 19  # the first with DeformConv
+MIN_OPSET = 18  # the exporter's own opset; below it, it converts versions and fails on the ResNets' graphs
+MAX_OPSET = 23  # the newest ONNX Runtime 1.32 and OpenVINO run
+DEFORM_CONV_OPSET = 19
+# torch.export specialises a dimension whose example size is 1, so the dynamic batch is traced at 2.
+EXPORT_BATCH = 2
+MAX_BATCH = 4096
 
 
 @dataclass
@@ -38,47 +47,78 @@ class ExportReport:
     checked_batches: tuple[int, ...]
 
 
-def refuse_deformable_onnx(model: torch.nn.Module) -> None:
-    if getattr(getattr(model, "config", None), "deformable", False):
-        raise ConfigError("ONNX export has no converter for torchvision's deform_conv2d: export a deformable "
-                          "model as torchscript or safetensors, or run it with the eager, compile or openvino backend")
-
-
-def check_opset(opset: int) -> None:
+def check_opset(opset: int, model: torch.nn.Module | None = None) -> None:
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ConfigError(f"ONNX opset {opset} is not supported; choose one from {MIN_OPSET} to {MAX_OPSET} "
                           f"(default {DEFAULT_OPSET})")
+    if opset < DEFORM_CONV_OPSET and getattr(getattr(model, "config", None), "deformable", False):
+        raise ConfigError(f"ONNX has DeformConv from opset {DEFORM_CONV_OPSET}: export this deformable model with "
+                          f"--opset {DEFORM_CONV_OPSET} or later, or as --format pt2")
+
+
+def exported_program(model: torch.nn.Module, example: torch.Tensor,
+                     dynamic_batch: bool = True) -> torch.export.ExportedProgram:
+    """``model`` captured by ``torch.export`` at ``example``'s image size, its batch dimension free unless
+    ``dynamic_batch`` is False (then it is ``example``'s)."""
+    example, shapes = _export_inputs(example, dynamic_batch)
+    with torch.no_grad():
+        return torch.export.export(model, (example,), dynamic_shapes=shapes)
+
+
+def _export_inputs(example: torch.Tensor, dynamic_batch: bool) -> tuple[torch.Tensor, tuple | None]:
+    if not dynamic_batch:
+        return example, None
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    return example[:1].expand(EXPORT_BATCH, *example.shape[1:]).contiguous(), ({0: batch},)
 
 
 def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = True,
                opset: int = DEFAULT_OPSET, metadata: dict | None = None) -> bytes:
-    """``model`` as an ONNX graph with input ``images`` and output ``logits``."""
-    buffer = io.BytesIO()
-    axes = {"images": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    with quiet_tracing():
-        torch.onnx.export(model, (example,), buffer, input_names=["images"], output_names=["logits"],
-                          dynamic_axes=axes, opset_version=opset, dynamo=False)
-    if metadata is None:
-        return buffer.getvalue()
-    import onnx
-
-    graph = onnx.load_from_string(buffer.getvalue())
-    entry = graph.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    """``model`` as an ONNX graph with input ``images`` and output ``logits``, its batch dynamic unless
+    ``dynamic_batch`` is False; a ``ConfigError`` when the exporter fixed a batch it was asked to free."""
+    example, shapes = _export_inputs(example, dynamic_batch)
+    with torch.no_grad():
+        program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
+                                    dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False)
+    graph = program.model_proto
+    batch = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    if dynamic_batch and not batch.dim_param:  # pytorch/pytorch#157621: checked, not assumed
+        raise ConfigError(f"the ONNX exporter fixed the batch size to {batch.dim_value}; export with "
+                          "--static-batch, or as --format pt2")
+    if metadata is not None:
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     return graph.SerializeToString()
+
+
+def save_aoti_package(model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> None:
+    """``model`` compiled by AOTInductor for this CPU, batch dynamic, into the package ``path``, with
+    ``metadata`` inside. Weights are frozen into the package, so Inductor pre-packs them for oneDNN."""
+    import torch._inductor.config as inductor_config
+
+    program = exported_program(model, example)
+    with tempfile.TemporaryDirectory() as work, torch.no_grad(), inductor_config.patch(freezing=True):
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(Path(work) / "model.pt2"),
+            inductor_configs={"aot_inductor.metadata": {AOTI_METADATA_KEY: json.dumps(metadata)}})
+        shutil.copyfile(package, path)
 
 
 def export_model(model: ResNet, path: str | Path, format: str = "onnx", *, dynamic_batch: bool = True,
                  opset: int = DEFAULT_OPSET) -> ExportReport:
     """Write ``model`` to ``path`` atomically, then load it back and compare it with eager."""
+    if format == "torchscript":
+        raise ConfigError("TorchScript is deprecated in PyTorch and no longer written: export --format pt2 "
+                          "(an AOTInductor package) or onnx; .pt files from earlier versions still load")
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
     path = Path(path)
     if path.suffix != FORMATS[format]:
         raise ConfigError(f"a {format} export is a {FORMATS[format]} file; {path.name} is not")
     if format == "onnx":
-        refuse_deformable_onnx(model)
-        check_opset(opset)
+        check_opset(opset, model)
+    if format == "pt2" and not dynamic_batch:
+        raise ConfigError("a .pt2 package always takes any batch size: --static-batch applies to ONNX exports")
     model = model.eval()
     side = model.preprocessing.input_size
     example = torch.randn(1, model.config.in_chans, side, side)
@@ -91,25 +131,20 @@ def export_model(model: ResNet, path: str | Path, format: str = "onnx", *, dynam
             if format == "onnx":
                 tmp.write_bytes(onnx_bytes(model, example, dynamic_batch, opset, metadata))
             else:
-                save_torchscript(model, example, tmp, metadata)
+                save_aoti_package(model, example, tmp, metadata)
             difference = _check(model, tmp, format, side)
     return ExportReport(path=path, format=format, bytes=path.stat().st_size, max_abs_difference=difference,
                         checked_batches=CHECK_BATCHES)
 
 
-def save_torchscript(module: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> None:
-    """``module`` traced at ``example`` (its batch stays free) and saved with ``metadata`` beside the graph."""
-    with quiet_tracing(), torch.no_grad():
-        traced = torch.jit.trace(module, example)
-        torch.jit.save(traced, str(path), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
-
-
 def read_export_metadata(path: str | Path) -> dict:
-    """The metadata an export carries, by the file's suffix: .onnx, .safetensors, else TorchScript."""
+    """The metadata a model file carries, by its suffix: .onnx, .pt2, .safetensors, else TorchScript."""
     path = Path(path)
     if path.suffix == ".safetensors":
         return read_metadata(path)
-    return read_onnx_metadata(path) if path.suffix == ".onnx" else load_torchscript(path)[1]
+    if path.suffix == ".onnx":
+        return read_onnx_metadata(path)
+    return load_aoti_package(path)[1] if path.suffix == ".pt2" else load_torchscript(path)[1]
 
 
 def _check(model: ResNet, path: Path, format: str, side: int) -> float:

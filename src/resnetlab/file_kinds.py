@@ -34,13 +34,16 @@ def looks_like(path: Path) -> str:
 
 
 def _zip_kind(path: Path) -> str:
-    """torch.save and torch.jit.save both write a zip with data.pkl; TorchScript adds its code/."""
+    """torch.save and torch.jit.save both write a zip with data.pkl; TorchScript adds its code/, and an
+    AOTInductor package holds its compiled model under data/aotinductor/."""
     try:
         names = zipfile.ZipFile(path).namelist()
     except zipfile.BadZipFile:
         return TORCH_CHECKPOINT  # truncated: the reader says so
     if any("/code/" in name for name in names):
         return "a TorchScript model"
+    if any("/data/aotinductor/" in name for name in names):
+        return "an AOTInductor package"
     if any(name.endswith("/data.pkl") for name in names):
         return TORCH_CHECKPOINT
     return "a NumPy archive" if names and all(name.endswith(".npy") for name in names) else "a zip archive"

@@ -19,8 +19,8 @@ from torch.fx.experimental.optimization import fuse
 from .errors import ConfigError
 from .models.blocks import DeformableConv3x3
 from .models.norms import fold_weight_standardization
-from .export import onnx_bytes, refuse_deformable_onnx
-from .runtimes import onnxruntime_runner, openvino_runner, quiet_tracing
+from .export import exported_program, onnx_bytes
+from .runtimes import onnxruntime_runner, openvino_runner
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
@@ -97,8 +97,6 @@ def optimize(model: nn.Module, backend: str = "auto", precision: str = "fp32",
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     backend = resolve_backend(backend, device)
-    if backend == "onnxruntime":
-        refuse_deformable_onnx(model)
     if backend == "onnxruntime" and precision == "bf16":
         raise ConfigError("onnxruntime runs fp32 models on CPU here; use --precision fp32 or another backend")
     if input_size is None:
@@ -160,7 +158,6 @@ def _onnxruntime(model: nn.Module, precision: str, example: torch.Tensor):
 def _openvino(model: nn.Module, precision: str, example: torch.Tensor):
     import openvino
 
-    with quiet_tracing():
-        converted = openvino.convert_model(model, example_input=example,
-                                           input=[openvino.PartialShape([-1, *example.shape[1:]])])
+    converted = openvino.convert_model(exported_program(model, example))
+    converted.reshape([-1, *example.shape[1:]])  # the batch stays free; the image size is the one exported
     return openvino_runner(converted, precision)

@@ -1,10 +1,12 @@
 """The runtimes that run exported model files, and the metadata each file carries: ONNX Runtime and OpenVINO for
-``.onnx`` graphs, TorchScript for the ``.pt`` files of ``export --format torchscript`` and ``quantize --backend x86``.
-``deployed`` loads files through them, ``export`` checks what it writes with them, ``optimize`` runs on them."""
+``.onnx`` graphs, AOTInductor for the ``.pt2`` packages of ``export --format pt2``, TorchScript for the ``.pt`` files
+of ``quantize --backend x86`` and of earlier versions' ``export --format torchscript``. ``deployed`` loads files
+through them, ``export`` checks what it writes with them, ``optimize`` runs on them."""
 from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,14 +16,17 @@ import torch
 from .errors import CheckpointError, ConfigError
 from .models.weights import METADATA_KEY
 
+AOTI_METADATA_KEY = METADATA_KEY  # the package's own metadata holds ours under this key, as JSON
+
 
 @contextmanager
 def quiet_tracing():
-    """The exporters trace with TorchScript, which warns of its own deprecation (on every trace, save
-    and load) and of strided slices it cannot constant-fold (the zero-padding shortcut's); neither is
-    the user's to act on."""
+    """TorchScript, still used by the x86 INT8 files and the QAT graph's ONNX export, warns of its own
+    deprecation (on every trace, save and load) and of strided slices it cannot constant-fold (the
+    zero-padding shortcut's); neither is the user's to act on."""
     with warnings.catch_warnings():
-        for message in ("Constant folding", "`torch.jit.", "The feature will be removed"):
+        for message in ("Constant folding", "`torch.jit.", "The feature will be removed",
+                        "You are using the legacy TorchScript-based ONNX export"):
             warnings.filterwarnings("ignore", message=message)
         yield
 
@@ -37,6 +42,40 @@ def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict]:
                               "torchscript or quantize --backend x86 (a training state like last.pt is not one)"
                               ) from error
     return module.eval(), _parse_metadata(path, extra[f"{METADATA_KEY}.json"])
+
+
+def load_aoti_package(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
+    """``run(images) -> logits`` for an AOTInductor package ``export --format pt2`` wrote, and its metadata.
+
+    The package holds machine code for the vector instructions of the CPU it was compiled on: one made
+    with AVX-512 would crash on a CPU that has only AVX2, so that is refused in one line before it runs."""
+    import torch._inductor.cpu_vec_isa as vec_isa
+
+    not_a_package = CheckpointError(f"{path} is not an AOTInductor package; give a .pt2 from resnetlab export "
+                                    "--format pt2")
+    if not zipfile.is_zipfile(path):  # torch would log a guess about outdated files first
+        raise not_a_package
+    try:
+        package = torch._inductor.aoti_load_package(str(path))
+        stored = package.get_metadata()
+    except Exception as error:  # a zip of something else, a package for another device
+        raise not_a_package from error
+    if stored.get("AOTI_DEVICE_KEY", "cpu") != "cpu":
+        raise ConfigError(f"{path} was compiled for {stored['AOTI_DEVICE_KEY']}; .pt2 models run on the CPU here")
+    compiled_for = stored.get("AOTI_CPU_ISA", "")
+    runnable = {str(isa).upper() for isa in vec_isa.valid_vec_isa_list()}
+    if compiled_for and compiled_for not in runnable:
+        best = str(vec_isa.pick_vec_isa()).upper() or "no vector instructions"
+        raise ConfigError(f"{path} was compiled for CPUs with {compiled_for}; this one has {best}: export it "
+                          "again on this machine (or one of its kind)")
+    metadata = _parse_metadata(path, stored.get(AOTI_METADATA_KEY, ""))
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return package(images.detach().float().cpu().contiguous())
+
+    side = metadata["preprocessing"]["input_size"]  # the image size it was exported at; the batch is free
+    return shape_checked(run, [None, metadata["config"]["in_chans"], side, side]), metadata
 
 
 def read_onnx_metadata(path: Path) -> dict:

@@ -89,7 +89,7 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
     """Measure every combination; rows come in the order model, input size, backend, precision, batch.
 
     ``input_sizes`` None: each model's own (224 for ImageNet models, 32 for CIFAR ones).
-    ``checkpoint`` (a file ``save_weights`` wrote, or an ``.onnx`` or ``.pt`` from ``resnetlab export`` or
+    ``checkpoint`` (a file ``save_weights`` wrote, or an ``.onnx``, ``.pt2`` or ``.pt`` from ``resnetlab export`` or
     ``quantize``, measured as it is on its own runtime) is measured instead of registry ``models``; with
     ``data`` (a folder with a val/ or test/ split, or cifar10) each backend and precision also gets
     its top-1 there, at the checkpoint's own preprocessing. ``threads`` sets torch's CPU threads for

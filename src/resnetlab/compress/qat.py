@@ -16,7 +16,8 @@ simulated, for when post-training quantization loses too much.
   fp32's and lost 3.6 points of top-1, where distillation kept 97% of them and the top-1.
 - The file: for ``x86``, ``convert_fx`` swaps the fake quantization for PyTorch's INT8 kernels,
   saved as TorchScript. For ``onnxruntime`` and ``openvino`` the fake-quant graph itself is exported
-  (``torch.onnx.export``, TorchScript exporter): each fake quantization becomes a QuantizeLinear /
+  (``torch.onnx.export``, the legacy TorchScript exporter: torch.export cannot capture FX's
+  fake-quant graph; moving QAT to torchao's PT2E is what lifts this): each fake quantization becomes a QuantizeLinear /
   DequantizeLinear pair holding the learned scale and zero point, which the runtime fuses into INT8
   kernels (ONNX Runtime: QLinearConv), and the weights are stored as INT8.
 - Activations: ``x86`` keeps PyTorch's x86 QAT settings (7-bit activations, which its kernels need on
@@ -43,7 +44,6 @@ from ..engine.loop import LossFn, StepSettings, train_one_epoch
 from ..engine.optim import build_optimizer
 from ..engine.schedules import LRSchedule
 from ..errors import ConfigError, DataError
-from ..export import onnx_bytes
 from ..image_input import check_reads_image_files
 from ..inference import fold_batch_norm
 from ..models import ResNet
@@ -134,12 +134,24 @@ def save_qat_model(prepared: torch.fx.GraphModule, example: torch.Tensor, out: P
     import onnx
 
     trained_range = _widen_weight_quantization(prepared)
-    with quiet_quantization():
-        graph = onnx.load_from_string(onnx_bytes(prepared, example))
+    graph = onnx.load_from_string(_fake_quant_onnx_bytes(prepared, example))
     _store_int8_weights(graph, trained_range)
     _scalar_quantization_parameters(graph)
     save_onnx(graph, out, metadata)
     return out
+
+
+def _fake_quant_onnx_bytes(prepared: torch.fx.GraphModule, example: torch.Tensor) -> bytes:
+    """The fake-quant graph as ONNX, batch dynamic: each fake quantization a QuantizeLinear /
+    DequantizeLinear pair with its learned scale and zero point."""
+    import io
+
+    buffer = io.BytesIO()
+    with quiet_quantization():
+        torch.onnx.export(prepared, (example,), buffer, input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    return buffer.getvalue()
 
 
 def _qconfig_mapping(backend: str, layout: Int8Layout):

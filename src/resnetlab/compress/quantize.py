@@ -19,7 +19,10 @@ Each backend quantizes with its own runtime's tool, so that the runtime recognis
 - ``x86``: PyTorch's own INT8 kernels (FBGEMM/oneDNN), through FX graph mode: ``prepare_fx`` with the
   x86 mapping fuses Conv+BN+ReLU, observes weights per channel and activations with histograms;
   ``convert_fx`` turns each residual addition and its ReLU into one quantized ``add_relu``. Saved as
-  TorchScript (.pt) with the metadata, as ``export --format torchscript`` saves fp32 models.
+  TorchScript (.pt) with the metadata. Both APIs are deprecated in PyTorch; torchao's PT2E with
+  AOTInductor is their successor, but on torch 2.14.1 / torchao 0.18 its INT8 resnet50 runs at
+  0.74x this path's speed at batch 1 (``benchmarks/bench_pt2e_int8.py``), so it stays until that
+  gap is closed.
 
 Every file carries the model's metadata with ``precision: int8``, ``runtime`` (the backend) and
 ``int8`` (``int8_target.Int8Layout``: 7-bit weights for CPUs without VNNI, where 8 bits can clip).
@@ -41,7 +44,7 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import ConfigError, DataError
-from ..export import onnx_bytes, save_torchscript
+from ..export import onnx_bytes
 from ..models.weights import METADATA_KEY
 from ..runtimes import quiet_tracing
 from ..image_input import check_reads_image_files, normalize, read_crop
@@ -158,11 +161,12 @@ def quantize_model(model: ResNet, calibration: list[torch.Tensor], out: str | Pa
 
 
 def write_fp32_reference(model: ResNet, backend: str, folder: Path) -> Path:
-    """``model`` in fp32 on the backend's runtime: what its INT8 file is to be compared with."""
+    """``model`` in fp32 on the backend's runtime (PyTorch eager for x86): what its INT8 file is to be
+    compared with."""
     from ..export import export_model
 
     if backend == "x86":
-        return export_model(model, folder / "fp32.pt", "torchscript").path
+        return export_model(model, folder / "fp32.safetensors", "safetensors").path
     path = export_model(model, folder / "fp32.onnx").path
     if backend == "openvino":
         import onnx
@@ -183,8 +187,11 @@ def save_onnx(graph, out: Path, metadata: dict) -> None:
 
 
 def save_x86(quantized: torch.nn.Module, example: torch.Tensor, out: Path, metadata: dict) -> None:
-    with atomic_path(out) as tmp, quiet_quantization():
-        save_torchscript(quantized, example, tmp, metadata)
+    """The converted model traced at ``example`` (its batch stays free), saved as TorchScript with
+    ``metadata`` beside the graph."""
+    with atomic_path(out) as tmp, quiet_quantization(), torch.no_grad():
+        traced = torch.jit.trace(quantized, example)
+        torch.jit.save(traced, str(tmp), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
 
 
 @contextmanager

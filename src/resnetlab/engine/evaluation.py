@@ -35,7 +35,7 @@ class EvaluationReport:
 def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, split: str | None = None,
                         batch_size: int = 128, max_per_class: int | None = None,
                         out_dir: str | os.PathLike | None = None, device: str = "auto") -> EvaluationReport:
-    """Top-1/top-5/per-class accuracy of ``checkpoint`` (.safetensors, .onnx or .pt) on ``data``; writes the
+    """Top-1/top-5/per-class accuracy of ``checkpoint`` (.safetensors, .onnx, .pt2 or .pt) on ``data``; writes the
     confusion matrix."""
     model = load_deployed(checkpoint, device)
     result, info = evaluate_model(model, data, split=split, batch_size=batch_size, max_per_class=max_per_class)

@@ -13,12 +13,12 @@ ENVIRONMENT_VARIABLE = "RESNETLAB_SERVE_SETTINGS"
 
 @dataclass(frozen=True)
 class ServeSettings:
-    checkpoint: str  # a .safetensors (resnetlab train), .onnx or .pt (resnetlab export / quantize) model file
+    checkpoint: str  # a .safetensors (resnetlab train), .onnx, .pt2 or .pt (resnetlab export / quantize) model file
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1  # processes, each with its own copy of the model
     threads: int | None = None  # intra-op threads per worker; default: the CPU cores shared among workers
-    backend: str = "auto"  # how `optimize` runs a .safetensors model; .onnx and .pt files run as they were written
+    backend: str = "auto"  # how `optimize` runs a .safetensors model; .onnx, .pt2 and .pt files run as they were written
     max_batch: int = 32  # images one forward pass may group from concurrent requests
     max_wait_ms: float = 5.0  # how long the first image of a batch waits for others
     max_queue: int = 256  # images waiting for a batch; a request that would go past it gets 503 at once
