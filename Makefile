@@ -16,6 +16,7 @@ demo: $(INSTALLED)
 	$(BIN)/resnetlab demo
 
 test: $(INSTALLED)
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 bench: $(INSTALLED)

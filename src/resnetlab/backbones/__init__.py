@@ -1,5 +1,5 @@
 """Backbones: multi-scale feature maps of ResNets and HRNets, a feature pyramid, DeepLabV3 for segmentation."""
-from .features import FeatureInfo, HRNetFeatures, ResNetFeatures
+from ..models.features import FeatureInfo, HRNetFeatures, ResNetFeatures
 from .pyramid import ResNetFPN, fpn
 from .segmentation import deeplabv3
 

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..models.checkpoint import WeightsSource
 from ..models.registry import build_model, model_config
 from ..models.weights import load_weights
-from .features import HRNetFeatures, ResNetFeatures, backbone_of, check_backbone_options
+from ..models.features import HRNetFeatures, ResNetFeatures, backbone_of, check_backbone_options
 
 # torchvision's default for a pretrained detection backbone: layer2..layer4 train, the stem and
 # layer1 (generic edges and textures) stay as pretrained.

@@ -10,7 +10,7 @@ from ..models.checkpoint import WeightsSource
 from ..models.registry import model_config
 from ..models.resnet import ResNet, ResNetConfig
 from ..models.weights import load_weights
-from .features import ResNetFeatures
+from ..models.features import ResNetFeatures
 
 
 class LastFeatureMap(nn.Module):

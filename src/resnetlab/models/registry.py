@@ -4,15 +4,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..pretrained.catalog import PretrainedWeights, default_weights, get_weights
+from .features import HRNetFeatures, ResNetFeatures, backbone_of, check_backbone_options
 from .hrnet import HRNET_MODELS, HRNet, HRNetConfig
 from .resnet import ResNet, ResNetConfig
-
-if TYPE_CHECKING:
-    from ..backbones.features import HRNetFeatures, ResNetFeatures
 
 _CIFAR = dict(stem="cifar", stem_channels=16, channels=(16, 32, 64), num_classes=10)
 
@@ -299,9 +296,6 @@ def create_model(name: str, num_classes: int | None = None, *, pretrained: bool 
         raise ConfigError("out_indices, frozen_stages and norm_eval shape a backbone; "
                           "pass features_only=True with them")
     if features_only:
-        # Imported here because resnetlab.backbones builds on this registry (fpn calls create_model).
-        from ..backbones.features import check_backbone_options
-
         check_backbone_options(name, len(config.layers), out_indices, frozen_stages)  # before the build
     model = build_model(config, arch=name)
     if weights is not None:
@@ -313,8 +307,6 @@ def create_model(name: str, num_classes: int | None = None, *, pretrained: bool 
         load_pretrained(model, weights)
     if not features_only:
         return model
-    from ..backbones.features import backbone_of
-
     return backbone_of(model, out_indices, frozen_stages, norm_eval)
 
 

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.freezing import freeze_modules, keep_frozen_in_eval
-from ..models.hrnet import NUM_BRANCHES, HRNet
-from ..models.resnet import ResNet, stem_and_stages
+from .freezing import freeze_modules, keep_frozen_in_eval
+from .hrnet import NUM_BRANCHES, HRNet
+from .resnet import ResNet, stem_and_stages
 
 
 class FeatureInfo(list):
