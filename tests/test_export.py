@@ -137,6 +137,17 @@ def test_predict_and_eval_take_a_pt2_package_as_they_take_the_weights(pt2_export
     assert package_top1 == pytest.approx(weights_top1, abs=1e-9)
 
 
+def test_bench_measures_a_pt2_package_as_it_is_with_the_weights_top1(pt2_export, cifar_classifier, cifar10_root):
+    from resnetlab.bench.run import run_benchmark
+
+    fast = dict(threads=1, warmup=1, repeats=2, batch_sizes=[1, 8], compare=[], data=str(cifar10_root))
+    package_rows = run_benchmark([], checkpoint=str(pt2_export[0]), **fast)
+    weights_rows = run_benchmark([], backends=["eager"], checkpoint=str(cifar_classifier), **fast)
+    assert [(row.backend, row.batch_size) for row in package_rows] == [("aotinductor", 1), ("aotinductor", 8)]
+    assert all(row.latency_ms_median > 0 and row.throughput > 0 for row in package_rows)
+    assert package_rows[0].top1 == pytest.approx(weights_rows[0].top1, abs=1e-9) and package_rows[0].top1 > 0.25
+
+
 def test_a_torchscript_file_of_an_earlier_version_still_loads_with_a_note(cifar_classifier, tmp_path, caplog):
     model = load_model(cifar_classifier).eval()
     old = tmp_path / "model.pt"

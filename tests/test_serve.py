@@ -284,16 +284,17 @@ def test_shutdown_finishes_the_request_in_flight(cifar_classifier, images):
         assert "Finished server process" in stopping.output()
 
 
-def test_an_onnx_file_is_served_for_predictions_only(cifar_classifier, images, tmp_path, capsys):
-    onnx_file = export_model(load_model(cifar_classifier), tmp_path / "model.onnx").path
-    with ServiceProcess(onnx_file, "--threads", "1") as onnx_service:
-        answer = httpx.post(f"{onnx_service.url}/predict", params={"top_k": 3}, files=form(images))
-        metadata = httpx.get(f"{onnx_service.url}/metadata").json()
-        embed_answer = httpx.post(f"{onnx_service.url}/embed", files=form(images[:1]))
-        schema = httpx.get(f"{onnx_service.url}/openapi.json").json()
+@pytest.mark.parametrize("format, runtime", [("onnx", "onnxruntime"), ("pt2", "aotinductor")])
+def test_a_graph_file_is_served_for_predictions_only(cifar_classifier, images, tmp_path, capsys, format, runtime):
+    graph_file = export_model(load_model(cifar_classifier), tmp_path / f"model.{format}", format).path
+    with ServiceProcess(graph_file, "--threads", "1") as graph_service:
+        answer = httpx.post(f"{graph_service.url}/predict", params={"top_k": 3}, files=form(images))
+        metadata = httpx.get(f"{graph_service.url}/metadata").json()
+        embed_answer = httpx.post(f"{graph_service.url}/embed", files=form(images[:1]))
+        schema = httpx.get(f"{graph_service.url}/openapi.json").json()
     assert answer.status_code == 200, answer.text
-    assert_same_predictions(answer.json()["predictions"], cli_predictions(onnx_file, images, capsys))
-    assert metadata["format"] == "onnx" and metadata["backend"] == "onnxruntime"
+    assert_same_predictions(answer.json()["predictions"], cli_predictions(graph_file, images, capsys))
+    assert metadata["format"] == format and metadata["backend"] == runtime
     assert embed_answer.status_code == 404 and "/embed" not in schema["paths"]  # a graph that ends at the logits
 
 
