@@ -21,7 +21,7 @@ import torchvision
 
 from resnetlab import count_macs, create_model
 from resnetlab.hardware import cpu_peak, sgemm_gflops
-from resnetlab.inference import backend_available, optimize
+from resnetlab.deploy.optimize import backend_available, optimize
 
 CPU = torch.device("cpu")
 

@@ -15,7 +15,7 @@ import statistics
 import torch
 
 from resnetlab.bench.measure import side_by_side
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.files import load_deployed
 
 
 def main() -> None:

@@ -32,9 +32,9 @@ from resnetlab.hardware import int8_support
 from resnetlab.bench.measure import side_by_side
 from resnetlab.compress.quantize import calibration_batches, quantize_model, write_fp32_reference
 from resnetlab.demo import extract_demo_data
-from resnetlab.deployed import load_deployed
-from resnetlab.export import onnx_bytes
-from resnetlab.runtimes import onnxruntime_runner
+from resnetlab.deploy.files import load_deployed
+from resnetlab.deploy.export import onnx_bytes
+from resnetlab.deploy.runtimes import onnxruntime_runner
 
 CALIBRATION_IMAGES = 32  # enough for ranges; latency does not depend on them
 

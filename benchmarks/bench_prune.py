@@ -19,7 +19,7 @@ from resnetlab import count_macs, count_parameters, create_model
 from resnetlab.bench.measure import measure
 from resnetlab.compress.prune import prune_model
 from resnetlab.errors import ConfigError
-from resnetlab.inference import optimize
+from resnetlab.deploy.optimize import optimize
 
 
 BACKENDS = ("eager", "onnxruntime")

@@ -21,7 +21,7 @@ from resnetlab import create_model
 from resnetlab.bench.measure import measure
 from resnetlab.compress.quantize import _x86_int8, calibration_batches, quiet_quantization
 from resnetlab.demo import extract_demo_data
-from resnetlab.export import exported_program, save_aoti_package
+from resnetlab.deploy.export import exported_program, save_aoti_package
 
 
 def pt2e_int8(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.fx.GraphModule:

@@ -20,7 +20,7 @@ from resnetlab import create_model
 from resnetlab.bench.measure import measure
 from resnetlab.compress.quantize import BACKENDS, calibration_batches, quantize_model, write_fp32_reference
 from resnetlab.demo import extract_demo_data
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.files import load_deployed
 
 
 def median_ms(run, example, rounds: int) -> float:

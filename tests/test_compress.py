@@ -8,7 +8,7 @@ import pytest
 
 from resnetlab.cli import main
 from resnetlab.compress.chain import SETTING_USERS, STEPS, ChainSettings, check_steps, compress
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.files import load_deployed
 from resnetlab.errors import ConfigError
 from resnetlab.models import load_model
 from subsets import cifar_subset

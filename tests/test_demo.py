@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 from resnetlab.cli import main
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.files import load_deployed
 
 
 def test_demo_trains_evaluates_and_predicts_on_the_packaged_images(tmp_path, capsys):

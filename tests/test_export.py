@@ -15,15 +15,15 @@ import onnxruntime
 import pytest
 import torch
 
-import resnetlab.export as export_module
-from resnetlab.runtimes import shape_checked
+import resnetlab.deploy.export as export_module
+from resnetlab.deploy.runtimes import shape_checked
 from resnetlab import create_model, load_model
 from resnetlab.cli import main
 from resnetlab.data.datasets import decode_files
 from resnetlab.data.folders import scan_split
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.files import load_deployed
 from resnetlab.errors import CheckpointError, ConfigError
-from resnetlab.export import FORMATS, export_model, read_export_metadata
+from resnetlab.deploy.export import FORMATS, export_model, read_export_metadata
 from resnetlab.image_input import normalize
 from resnetlab.models.weights import METADATA_KEY, model_metadata
 from zoo import narrow

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from resnetlab import create_model
 from resnetlab.cli import build_parser
-from resnetlab.cli_training import config_from_args
+from resnetlab.cli.training import config_from_args
 
 
 def one_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ from resnetlab.data.datasets import decode_files
 from resnetlab.data.folders import scan_split
 from resnetlab.errors import ConfigError
 from resnetlab.image_input import normalize
-from resnetlab.inference import CPU_PREFERENCE, backend_available, fold_batch_norm, optimize
+from resnetlab.deploy.optimize import CPU_PREFERENCE, backend_available, fold_batch_norm, optimize
 from resnetlab.models.norms import StandardizedConv2d
 from zoo import shallow_narrow
 

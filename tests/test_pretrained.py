@@ -5,12 +5,10 @@ they make, under catalog entries made for them.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import http.server
 import json
 import math
-import os
 import subprocess
 import sys
 import threading
@@ -27,7 +25,7 @@ from resnetlab import CheckpointError, ConfigError, Preprocessing, create_model,
 from resnetlab.backbones import fpn
 from resnetlab.cli import main
 from resnetlab.complexity import count_parameters
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.files import load_deployed
 from resnetlab.models import load_model
 from resnetlab.pretrained import catalog, class_names, default_weights, get_weights
 from resnetlab.pretrained.catalog import PretrainedWeights, WeightsFile

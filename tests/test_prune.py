@@ -11,7 +11,7 @@ from torch import nn
 from resnetlab import count_macs, count_parameters, create_model, load_model, load_weights, save_weights
 from resnetlab.cli import main
 from resnetlab.compress.prune import BN_TENSORS, INNER_CHANNELS, prune_model, recalibrate_batch_norm, stream_tensors
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.files import load_deployed
 from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.errors import ConfigError
 from subsets import cifar_subset

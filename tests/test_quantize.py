@@ -20,11 +20,11 @@ from resnetlab.compress.quantize import (BACKENDS, calibration_batches, calibrat
                                          int8_metadata, quantize_model)
 from resnetlab.config import DataConfig, OptimConfig
 from resnetlab.data.loaders import build_loaders
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.export import read_export_metadata
+from resnetlab.deploy.files import load_deployed
+from resnetlab.deploy.optimize import fold_batch_norm
 from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.errors import ConfigError, DataError
-from resnetlab.export import export_model, read_export_metadata
-from resnetlab.inference import fold_batch_norm
 from subsets import cifar_subset
 
 pytestmark = pytest.mark.xdist_group("quantize")

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from resnetlab import CheckpointError, create_model, load_model, load_weights, save_weights
-from resnetlab.export import export_model
+from resnetlab.deploy.export import export_model
 from resnetlab.preprocessing import CIFAR10
 
 CLASSES = ["cat", "dog", "bird"]

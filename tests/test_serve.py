@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from resnetlab import create_model, load_model, save_weights
 from resnetlab.cli import main
-from resnetlab.export import export_model
+from resnetlab.deploy.export import export_model
 from resnetlab.image_input import normalize, read_crop
 from resnetlab.retrieval import embed
 from resnetlab.serve.process import ServiceProcess

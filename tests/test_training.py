@@ -10,7 +10,7 @@ import yaml
 from resnetlab import create_model, load_model
 from resnetlab.cli import main
 from resnetlab.config import DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.files import load_deployed
 from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.engine.trainer import train
 

@@ -16,10 +16,10 @@ import yaml
 
 import resnetlab.engine.trainer as trainer_module
 from resnetlab.cli import build_parser, main
-from resnetlab.cli_training import config_from_args
+from resnetlab.cli.training import config_from_args
 from resnetlab.config import (DataConfig, ModelConfig, OptimConfig, TrainConfig, config_from_dict, config_to_dict,
                               load_recipe, shipped_recipes)
-from resnetlab.deployed import load_deployed
+from resnetlab.deploy.files import load_deployed
 from resnetlab.engine.evaluation import evaluate_model
 from resnetlab.engine.loop import TrainingDiverged
 from resnetlab.engine.state import load_training_state, save_training_state

@@ -12,8 +12,8 @@ __version__ = version("resnetlab")
 
 # The training engine and the inference backends pull in the data stack, TensorBoard and the
 # exporters: they load on first use, so `import resnetlab` stays quick for model building.
-_LAZY = {"train": "engine.trainer", "TrainConfig": "config", "optimize": "inference",
-         "export_model": "export", "load_deployed": "deployed"}
+_LAZY = {"train": "engine.trainer", "TrainConfig": "config", "optimize": "deploy.optimize",
+         "export_model": "deploy.export", "load_deployed": "deploy.files"}
 
 
 def __getattr__(name: str):

@@ -9,7 +9,7 @@ import torch
 from .data.datasets import BadImage
 from .errors import DataError
 from .image_input import check_reads_image_files, normalize, read_crop
-from .deployed import DeployedModel
+from .deploy.model import DeployedModel
 
 
 @dataclass

@@ -21,12 +21,13 @@ from ..config import DataConfig
 from ..data.loaders import build_eval_loader
 from ..errors import ConfigError
 from ..image_input import check_reads_image_files
-from ..deployed import DeployedModel, load_deployed, model_file_format
-from ..export import read_export_metadata
+from ..deploy.files import load_deployed, model_file_format
+from ..deploy.model import DeployedModel
+from ..deploy.export import read_export_metadata
 from ..models import HRNetConfig, ResNetConfig, create_model, load_model
 from ..models.registry import build_model, model_config
 from ..models.weights import config_from_metadata
-from ..inference import optimize
+from ..deploy.optimize import optimize
 from ..hardware import cpu_peak, torch_threads
 from .measure import measure
 from .memory import held_bytes
@@ -64,21 +65,10 @@ LIBRARIES = {"torchvision": _torchvision, "timm": _timm}
 class _Setting:
     """How to build one row's callable (it names its ``backend``), and the row's other labels."""
 
-    build: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
+    build: Callable[[], DeployedModel]
     precision: str
     params: int
     holds_our_weights: bool  # the comparison rows' library models are untrained: no top-1 for them
-
-
-@dataclass(frozen=True)
-class _Eager:
-    """A library's model called as it is, labelled like ``optimize``'s callables."""
-
-    module: torch.nn.Module
-    backend: str
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.module(images)
 
 
 def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[int] = (1,),
@@ -231,7 +221,9 @@ def _config_of(model, checkpoint: str | None) -> ResNetConfig | HRNetConfig:
 
 def _reference(label: str, module: torch.nn.Module) -> _Setting:
     # A copy per row, so that the row's memory holds the weights, as optimize's copies do.
-    return _Setting(build=lambda: _Eager(copy.deepcopy(module), f"{label}-eager"), precision="fp32",
+    device = next(module.parameters()).device
+    return _Setting(build=lambda: DeployedModel(run=copy.deepcopy(module), backend=f"{label}-eager", precision="fp32",
+                                                device=device), precision="fp32",
                     params=count_parameters(module), holds_our_weights=False)
 
 

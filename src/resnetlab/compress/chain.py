@@ -24,10 +24,10 @@ from ..bench.measure import side_by_side
 from ..complexity import count_macs
 from ..config import DataConfig, DistillConfig, ModelConfig, OptimConfig, ScheduleConfig, TrainConfig
 from ..data.loaders import build_loaders
-from ..deployed import load_deployed
+from ..deploy.files import load_deployed
 from ..engine.evaluation import evaluate_model
 from ..errors import ConfigError, DataError
-from ..export import export_model, read_export_metadata
+from ..deploy.export import export_model, read_export_metadata
 from ..image_input import check_reads_image_files
 from ..models import ResNet, load_model, save_weights
 from ..pretrained.catalog import is_pretrained_tag

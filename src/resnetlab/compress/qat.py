@@ -45,7 +45,7 @@ from ..engine.optim import build_optimizer
 from ..engine.schedules import LRSchedule
 from ..errors import ConfigError, DataError
 from ..image_input import check_reads_image_files
-from ..inference import fold_batch_norm
+from ..deploy.optimize import fold_batch_norm
 from ..models import ResNet
 from .int8_target import Int8Layout, int8_layout
 from .quantize import check_backend, int8_backend, int8_metadata, quiet_quantization, save_onnx, save_x86

@@ -44,9 +44,9 @@ import torch
 
 from ..atomic import atomic_path
 from ..errors import ConfigError, DataError
-from ..export import onnx_bytes
+from ..deploy.export import onnx_bytes
 from ..models.weights import METADATA_KEY
-from ..runtimes import quiet_tracing
+from ..deploy.runtimes import quiet_tracing
 from ..image_input import check_reads_image_files, normalize, read_crop
 from ..models import ResNet
 from ..models.weights import model_metadata
@@ -163,7 +163,7 @@ def quantize_model(model: ResNet, calibration: list[torch.Tensor], out: str | Pa
 def write_fp32_reference(model: ResNet, backend: str, folder: Path) -> Path:
     """``model`` in fp32 on the backend's runtime (PyTorch eager for x86): what its INT8 file is to be
     compared with."""
-    from ..export import export_model
+    from ..deploy.export import export_model
 
     if backend == "x86":
         return export_model(model, folder / "fp32.safetensors", "safetensors").path

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..config import DataConfig
 from ..data.loaders import DataInfo, build_eval_loader
-from ..deployed import DeployedModel, load_deployed
+from ..deploy.files import load_deployed
+from ..deploy.model import DeployedModel
 from ..image_input import check_reads_image_files
 from .distributed import Context
 from .loop import evaluate

@@ -40,12 +40,12 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
-        log.info("serving %s (%s, %s) with batches of up to %d images", model.arch, model.format,
-                 model.backend, settings.max_batch)
+        log.info("serving %s (%s, %s) with batches of up to %d images", model.deployed.arch,
+                 model.deployed.format, model.deployed.backend, settings.max_batch)
         yield
         await batcher.stop()  # uvicorn gets here once in-flight requests have been answered
 
-    app = FastAPI(title=f"resnetlab: {model.arch}", version=__version__, lifespan=lifespan,
+    app = FastAPI(title=f"resnetlab: {model.deployed.arch}", version=__version__, lifespan=lifespan,
                   description="Image classification and embeddings with a ResNet. Send images as "
                               "multipart/form-data (one or more files in field `file`) or as a raw body.")
 
@@ -71,21 +71,21 @@ def create_app(settings: ServeSettings, model: ServedModel | None = None) -> Fas
                   summary="Top-k classes of each image")
         async def predict(request: Request, top_k: int = Query(settings.top_k, ge=1, le=1000)) -> PredictResponse:
             names, outputs, latency = await images_through_model(request)
-            k = min(top_k, model.num_classes)
+            k = min(top_k, model.deployed.num_classes)
             predictions = []
             for name, output in zip(names, outputs):
                 top = output.probabilities.topk(k)
                 predictions.append(ImagePrediction(file=name, top=[
                     Label(label=model.class_names[i], probability=p)
                     for p, i in zip(top.values.tolist(), top.indices.tolist())]))
-            return PredictResponse(model=model.arch, predictions=predictions, latency=latency)
+            return PredictResponse(model=model.deployed.arch, predictions=predictions, latency=latency)
 
     if model.embedding_dim is not None:
         @app.post("/embed", response_model=EmbedResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGE_BODY,
                   summary="Unit-length embedding of each image, as `resnetlab embed` computes it")
         async def embed(request: Request) -> EmbedResponse:
             names, outputs, latency = await images_through_model(request)
-            return EmbedResponse(model=model.arch, dimension=model.embedding_dim, latency=latency, embeddings=[
+            return EmbedResponse(model=model.deployed.arch, dimension=model.embedding_dim, latency=latency, embeddings=[
                 ImageEmbedding(file=name, embedding=output.embedding.tolist()) for name, output in zip(names, outputs)])
 
     @app.get("/health", response_model=Health, summary="Whether the service is up")

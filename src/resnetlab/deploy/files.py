@@ -1,52 +1,26 @@
-"""Any model file resnetlab writes, ready to run: trained weights (.safetensors), an exported or
-INT8-quantized ONNX graph (.onnx), or a TorchScript file (.pt: ``export --format torchscript``, or
-``quantize --backend x86``). ``eval``, ``predict``, ``bench`` and ``serve`` take each through
-``load_deployed``, and ``export`` checks what it wrote with it; an .onnx runs on the runtime its
-metadata names (ONNX Runtime unless it says OpenVINO)."""
+"""Any model file resnetlab writes, ready to run as a ``DeployedModel``: trained weights (.safetensors), an
+exported or INT8-quantized ONNX graph (.onnx), an AOTInductor package (.pt2: ``export --format pt2``), or a
+TorchScript file (.pt: ``quantize --backend x86``, and earlier versions' exports). ``eval``, ``predict``, ``bench``
+and ``serve`` take each through ``load_deployed``, and ``export`` checks what it wrote with it; an .onnx runs on the
+runtime its metadata names (ONNX Runtime unless it says OpenVINO)."""
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .devices import resolve_device
-from .errors import CheckpointError, ConfigError
-from .models.checkpoint import refuse_folder
-from .pretrained.catalog import is_pretrained_tag
-from .preprocessing import Preprocessing
+from ..devices import resolve_device
+from ..errors import CheckpointError, ConfigError
+from ..models.checkpoint import refuse_folder
+from ..pretrained.catalog import is_pretrained_tag
+from ..preprocessing import Preprocessing
+from .model import DeployedModel, described_by
 from .runtimes import load_aoti_package, load_torchscript, onnxruntime_runner, openvino_runner, read_onnx_metadata
 
 logger = logging.getLogger("resnetlab")
 MODEL_FILE_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript"}
-
-
-@dataclass
-class DeployedModel:
-    """``model(images) -> logits`` on normalised NCHW float images, with what it needs around it."""
-
-    path: Path
-    format: str  # "safetensors", "onnx", "pt2" or "torchscript"
-    backend: str  # what runs it: "eager", "onnxruntime", "openvino", "aotinductor", "torchscript", or "x86"
-    # (PyTorch's INT8 kernels)
-    arch: str
-    precision: str  # "fp32", or "int8" for a quantized graph
-    params: int | None  # None for a graph file: its parameters are not the PyTorch model's
-    in_chans: int
-    class_names: list[str] | None
-    num_classes: int
-    preprocessing: Preprocessing
-    device: torch.device
-    run: Callable[[torch.Tensor], torch.Tensor]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.run(images)
-
-    def eval(self) -> DeployedModel:  # the training loop's ``evaluate`` calls it; nothing here trains
-        return self
 
 
 def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu",
@@ -83,7 +57,7 @@ def model_file_format(path: Path) -> str:
 
 
 def _safetensors(path: Path, device: torch.device) -> DeployedModel:
-    from .models import load_model
+    from ..models import load_model
 
     model = load_model(path).eval().to(device)
 
@@ -91,10 +65,8 @@ def _safetensors(path: Path, device: torch.device) -> DeployedModel:
         with torch.inference_mode():
             return model(images.to(device))
 
-    return DeployedModel(path=path, format="safetensors", backend="eager", arch=model.arch, precision="fp32",
-                         params=sum(p.numel() for p in model.parameters()), in_chans=model.config.in_chans,
-                         class_names=model.class_names, num_classes=model.config.num_classes,
-                         preprocessing=model.preprocessing, device=device, run=run)
+    return DeployedModel(run=run, backend="eager", precision="fp32", device=device, path=path,
+                         format="safetensors", **described_by(model))
 
 
 def _onnx(path: Path, device: torch.device) -> DeployedModel:
@@ -123,8 +95,7 @@ def _torchscript(path: Path, device: torch.device) -> DeployedModel:
 
 
 def _graph(path: Path, format: str, backend: str, metadata: dict, device: torch.device, run) -> DeployedModel:
-    return DeployedModel(path=path, format=format, backend=backend, arch=metadata["arch"],
-                         precision=metadata.get("precision", "fp32"), params=None,
-                         in_chans=metadata["config"]["in_chans"], class_names=metadata["class_names"],
-                         num_classes=metadata["config"]["num_classes"],
-                         preprocessing=Preprocessing(**metadata["preprocessing"]), device=device, run=run)
+    return DeployedModel(run=run, backend=backend, precision=metadata.get("precision", "fp32"), device=device,
+                         arch=metadata["arch"], in_chans=metadata["config"]["in_chans"],
+                         num_classes=metadata["config"]["num_classes"], class_names=metadata["class_names"],
+                         preprocessing=Preprocessing(**metadata["preprocessing"]), path=path, format=format)

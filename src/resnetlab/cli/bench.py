@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
-def add_bench_parser(commands) -> None:
+def add_parsers(commands) -> None:
     bench = commands.add_parser(
         "bench", help="latency, throughput and peak memory of models per backend, precision and batch",
         description="Measure models on random input. Lists are comma-separated: every combination is one row.")
@@ -42,10 +42,10 @@ def add_bench_parser(commands) -> None:
 
 def cmd_bench(args: argparse.Namespace, console) -> None:
     # Imported here: the backends, timm and matplotlib load only when something is measured.
-    from .hardware import cpu_peak, sgemm_gflops, torch_threads
-    from .bench.plots import write_plots
-    from .bench.report import print_table, write_csv, write_json
-    from .bench.run import run_benchmark
+    from ..hardware import cpu_peak, sgemm_gflops, torch_threads
+    from ..bench.plots import write_plots
+    from ..bench.report import print_table, write_csv, write_json
+    from ..bench.run import run_benchmark
 
     models = args.models or ([] if args.checkpoint else ["resnet50"])
     settings = dict(models=models, batch_sizes=_integers("--batch-size", args.batch_size),

@@ -1,32 +1,21 @@
-"""``resnetlab export``, ``quantize`` and ``prune``: a trained model made deployable, with before/after figures."""
+"""``resnetlab quantize``, ``prune`` and ``compress``: a trained model made smaller and faster, with before/after figures."""
 from __future__ import annotations
 
 import argparse
 import tempfile
 from pathlib import Path
 
-from .compress.chain import PRUNE_IMAGES, ChainSettings
-from .compress.int8_target import INT8_TARGETS
-from .compress.quantize import BACKENDS
-from .export import DEFAULT_OPSET, FORMATS, MAX_OPSET, MIN_OPSET
-from .pretrained.catalog import is_pretrained_tag
+from ..compress.chain import PRUNE_IMAGES, ChainSettings
+from ..compress.int8_target import INT8_TARGETS
+from ..compress.quantize import BACKENDS
+from ..pretrained.catalog import is_pretrained_tag
+from .export import named_after
+
 
 QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
 
 
-def add_export_parser(commands) -> None:
-    export = commands.add_parser("export", help="ONNX, an AOTInductor package (.pt2) or safetensors, checked "
-                                                "against eager at once")
-    export.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training, or a pretrained tag")
-    export.add_argument("--format", default="onnx", choices=list(FORMATS),
-                        help="onnx (torch.export-based exporter), pt2 (compiled ahead of time for this CPU by "
-                             "AOTInductor; runs with torch alone; replaces TorchScript), or safetensors (default onnx)")
-    export.add_argument("--out", type=Path, help="the file to write (default: beside the checkpoint, new suffix)")
-    export.add_argument("--static-batch", action="store_true",
-                        help="ONNX: fix the batch at 1 (default: a dynamic batch dimension)")
-    export.add_argument("--opset", type=int, help=f"ONNX opset, {MIN_OPSET} to {MAX_OPSET} (default {DEFAULT_OPSET})")
-    export.set_defaults(run=cmd_export)
-
+def add_parsers(commands) -> None:
     quantize = commands.add_parser(
         "quantize", help="INT8 quantization: post-training (calibrated on real images) or quantization-aware training",
         description="Quantize a trained model to INT8: per-channel weights, BN folded, Conv+ReLU fused. --method ptq "
@@ -91,7 +80,7 @@ def add_round_to_argument(parser) -> None:
 
 
 def add_precision_argument(parser) -> None:
-    from .config import PRECISIONS
+    from ..config import PRECISIONS
 
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="of the training, as in train: bf16 is about twice as fast as fp32 on CPUs with "
@@ -105,42 +94,13 @@ def add_int8_target_argument(parser, prefix: str = "") -> None:
                              "every CPU), auto: this CPU's kind (default auto)")
 
 
-def cmd_export(args: argparse.Namespace, console) -> None:
-    from .errors import ConfigError
-    from .export import export_model
-    from .models import load_model
-
-    if args.format != "onnx" and (args.opset is not None or args.static_batch):
-        raise ConfigError("--opset applies to ONNX exports only" if args.opset is not None
-                          else "--static-batch applies to ONNX exports only")
-    out = args.out or named_after(args.checkpoint, FORMATS[args.format])
-    if out.resolve() == args.checkpoint.resolve():
-        out = out.with_name(f"{out.stem}.exported{out.suffix}")
-    model = load_model(args.checkpoint)
-    if args.format == "pt2":
-        print("compiling with AOTInductor for this CPU: a minute or so for a ResNet-50 on two cores")
-    report = export_model(model, out, args.format, dynamic_batch=not args.static_batch,
-                          opset=DEFAULT_OPSET if args.opset is None else args.opset)
-    batches = " and ".join(map(str, report.checked_batches))
-    print(f"wrote {report.path} ({report.bytes / 1e6:.1f} MB, {report.format}); max |logit difference| from "
-          f"eager {report.max_abs_difference:.2g} on batches of {batches}")
-
-
-def named_after(checkpoint: Path, suffix: str) -> Path:
-    """An output's default path: the checkpoint's own with ``suffix`` in place of its last one, or, for a
-    pretrained tag, the whole tag and ``suffix`` in the working folder (resnet50.a1_in1k.onnx)."""
-    if is_pretrained_tag(checkpoint):
-        return Path(f"{checkpoint}{suffix}")
-    return checkpoint.with_name(checkpoint.stem + suffix)
-
-
 def cmd_quantize(args: argparse.Namespace, console) -> None:
-    from .compress.chain import measure_file, time_records
-    from .compress.int8_target import int8_layout, speed_note
-    from .compress.quantize import RUNTIME_NAMES, check_backend, int8_backend, write_fp32_reference
-    from .errors import ConfigError
-    from .complexity import count_macs
-    from .models import load_model, save_weights
+    from ..compress.chain import measure_file, time_records
+    from ..compress.int8_target import int8_layout, speed_note
+    from ..compress.quantize import RUNTIME_NAMES, check_backend, int8_backend, write_fp32_reference
+    from ..errors import ConfigError
+    from ..complexity import count_macs
+    from ..models import load_model, save_weights
 
     target = args.int8_target or "auto"
     backend = int8_backend(args.backend, args.calibration, target)
@@ -153,14 +113,14 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
     layout = int8_layout(backend, target)
     model = load_model(args.checkpoint).eval()
     if args.method == "ptq":
-        from .compress.quantize import calibration_batches, quantize_model
+        from ..compress.quantize import calibration_batches, quantize_model
 
         images = ChainSettings.calib_images if args.calib_images is None else args.calib_images
         calibration = calibration_batches(model, args.calib, images)
         quantize_model(model, calibration, out, args.calibration, backend, target)
         how = f"{sum(len(b) for b in calibration)} calibration images"
     else:
-        from .compress.qat import quantization_aware_training
+        from ..compress.qat import quantization_aware_training
 
         epochs = QAT_EPOCHS if args.epochs is None else args.epochs
         quantization_aware_training(model, args.data, out, backend, epochs,
@@ -189,7 +149,7 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
 
 def _check_method_options(args: argparse.Namespace) -> None:
     """Each option belongs to one method; a stray one is an error, not silently ignored."""
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     if args.method == "ptq":
         if args.calib is None:
@@ -211,7 +171,7 @@ def _check_method_options(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace, console) -> None:
-    from .compress.chain import compress
+    from ..compress.chain import compress
 
     settings, given = chain_settings(args)
     out = args.out or args.checkpoint.parent / f"pruned-{settings.target_macs:g}"
@@ -264,7 +224,7 @@ def add_compress_parser(commands) -> None:
 
 
 def cmd_compress(args: argparse.Namespace, console) -> None:
-    from .compress.chain import compress
+    from ..compress.chain import compress
 
     settings, given = chain_settings(args)
     steps = [step.strip() for step in args.steps.split(",") if step.strip()]

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, ConfigError
-from .models.weights import METADATA_KEY
+from ..errors import CheckpointError, ConfigError
+from ..models.weights import METADATA_KEY
 
 AOTI_METADATA_KEY = METADATA_KEY  # the package's own metadata holds ours under this key, as JSON
 

@@ -6,11 +6,11 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
-def add_serve_parser(commands) -> None:
-    from .serve.settings import ServeSettings
+def add_parsers(commands) -> None:
+    from ..serve.settings import ServeSettings
 
     defaults = ServeSettings(checkpoint="")
     serve = commands.add_parser(
@@ -67,9 +67,9 @@ def cmd_serve(args: argparse.Namespace, console) -> None:
     import torch
     import uvicorn
 
-    from .inference import resolve_backend
-    from .serve.model import ServedModel
-    from .serve.settings import ENVIRONMENT_VARIABLE, ServeSettings
+    from ..deploy.optimize import resolve_backend
+    from ..serve.model import ServedModel
+    from ..serve.settings import ENVIRONMENT_VARIABLE, ServeSettings
 
     settings = ServeSettings(
         checkpoint=str(args.checkpoint), host=args.host, port=args.port, workers=args.workers, threads=args.threads,
@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace, console) -> None:
     resolve_backend(settings.backend, torch.device("cpu"))  # a wrong backend fails before anything loads
     _check_address_is_free(settings.host, settings.port)  # and so does a port in use
     if settings.workers == 1:
-        from .serve.app import create_app
+        from ..serve.app import create_app
 
         uvicorn.run(create_app(settings), **server_options)
         return

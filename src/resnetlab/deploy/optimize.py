@@ -1,6 +1,6 @@
 """Inference-ready models: batch norm folded into the convolutions, then the fastest backend there is.
 
-``optimize(model)`` returns a callable that takes normalised NCHW float images and gives fp32 logits,
+``optimize(model)`` returns a ``DeployedModel``: it takes normalised NCHW float images and gives fp32 logits,
 whatever runs underneath: PyTorch eager, Inductor (``torch.compile`` with frozen weights), ONNX
 Runtime or OpenVINO; channels_last on GPUs.
 """
@@ -9,17 +9,16 @@ from __future__ import annotations
 import copy
 import importlib.util
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
-from .errors import ConfigError
-from .models.blocks import DeformableConv3x3
-from .models.norms import fold_weight_standardization
+from ..errors import ConfigError
+from ..models.blocks import DeformableConv3x3
+from ..models.norms import fold_weight_standardization
 from .export import exported_program, onnx_bytes
+from .model import DeployedModel, described_by
 from .runtimes import onnxruntime_runner, openvino_runner
 
 BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
@@ -29,19 +28,6 @@ PRECISIONS = ("fp32", "bf16")
 # the first one installed.
 CPU_PREFERENCE = ("openvino", "onnxruntime", "compile", "eager")
 INSTALL_HINT = {"onnxruntime": "pip install onnxruntime onnx", "openvino": "pip install openvino"}
-
-
-@dataclass
-class OptimizedModel:
-    """``model(images) -> logits``, with what it runs on; images are normalised NCHW floats."""
-
-    backend: str
-    precision: str
-    device: torch.device
-    run: Callable[[torch.Tensor], torch.Tensor]
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return self.run(images)
 
 
 class _Tracer(torch.fx.Tracer):
@@ -88,7 +74,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def optimize(model: nn.Module, backend: str = "auto", precision: str = "fp32",
-             input_size: tuple[int, int] | None = None, device: str | torch.device | None = None) -> OptimizedModel:
+             input_size: tuple[int, int] | None = None, device: str | torch.device | None = None) -> DeployedModel:
     """``model`` ready for inference on ``device`` (default: where its weights are).
 
     ``input_size`` (height, width) is the size the exporting backends trace at; batch stays dynamic.
@@ -106,8 +92,8 @@ def optimize(model: nn.Module, backend: str = "auto", precision: str = "fp32",
     in_chans = getattr(getattr(model, "config", None), "in_chans", 3)
     example = torch.randn(1, in_chans, *input_size, device=device)
     build = {"eager": _eager, "compile": _compiled, "onnxruntime": _onnxruntime, "openvino": _openvino}[backend]
-    return OptimizedModel(backend=backend, precision=precision, device=device,
-                          run=build(folded, precision, example))
+    return DeployedModel(run=build(folded, precision, example), backend=backend, precision=precision, device=device,
+                         **described_by(model))
 
 
 def _autocast(device: torch.device, precision: str):

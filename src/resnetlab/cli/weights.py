@@ -9,13 +9,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .errors import ResnetlabError
-from .models import create_model, load_weights
-from .pretrained import get_weights, import_file, list_pretrained, pretrained_info, weights_dir
-from .pretrained.store import cached_file, cached_files, fetch, verify
+from ..errors import ResnetlabError
+from ..models import create_model, load_weights
+from ..pretrained import get_weights, import_file, list_pretrained, pretrained_info, weights_dir
+from ..pretrained.store import cached_file, cached_files, fetch, verify
 
 
-def add_weights_parser(commands) -> None:
+def add_parsers(commands) -> None:
     weights = commands.add_parser("weights", help="pretrained weights by name: list, download, verify, import")
     actions = weights.add_subparsers(dest="action", required=True, metavar="ACTION")
 

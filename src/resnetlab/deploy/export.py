@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_path
-from .deployed import load_deployed
-from .errors import ConfigError
-from .models import ResNet, save_weights
-from .models.weights import METADATA_KEY, model_metadata, read_metadata
+from ..atomic import atomic_path
+from .files import load_deployed
+from ..errors import ConfigError
+from ..models import ResNet, save_weights
+from ..models.weights import METADATA_KEY, model_metadata, read_metadata
 from .runtimes import AOTI_METADATA_KEY, load_aoti_package, load_torchscript, read_onnx_metadata
 
 FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}  # format -> suffix

@@ -1,18 +1,16 @@
-"""The training side of the ``resnetlab`` command: train, eval, predict, demo.
+"""The training side of the ``resnetlab`` command: train, distill, demo.
 
 ``train`` turns a recipe file, flags and ``--set`` overrides into one ``TrainConfig``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-from rich.table import Table
+from ..config import PRECISIONS, TrainConfig, apply_overrides, config_from_dict, config_to_dict, load_recipe
+from ..errors import ConfigError
+from .evaluation import print_evaluation, print_predictions
 
-from .config import PRECISIONS, TrainConfig, apply_overrides, config_from_dict, config_to_dict, load_recipe
-from .errors import ConfigError, DataError
 
 # flag dest -> dotted key in TrainConfig. A flag left unset keeps the recipe's (or default) value.
 FLAG_KEYS = {
@@ -35,7 +33,7 @@ FLAG_KEYS = {
 }
 
 
-def add_train_parser(commands) -> None:
+def add_parsers(commands) -> None:
     _add_training_parser(commands.add_parser(
         "train", help="train or fine-tune on an image folder or CIFAR-10",
         description="Train a ResNet. A recipe (YAML) gives every setting; flags and --set override it."))
@@ -43,6 +41,7 @@ def add_train_parser(commands) -> None:
         "distill", help="train a student with a trained teacher's soft targets (knowledge distillation)",
         description="Train --student with --teacher's softened outputs as extra targets (Hinton et al.), "
                     "e.g. cifar_resnet110 -> cifar_resnet20. Every train flag applies."), distill=True)
+    add_demo_parser(commands)
 
 
 def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) -> None:
@@ -209,93 +208,18 @@ def _yaml_value(value) -> str:
 
 
 def cmd_train(args: argparse.Namespace, console) -> None:
-    from .engine.trainer import train  # torch distributed and the data stack load only for training
+    from ..engine.trainer import train  # torch distributed and the data stack load only for training
 
     train(config_from_args(args))
 
 
 def cmd_distill(args: argparse.Namespace, console) -> None:
-    from .engine.trainer import train
+    from ..engine.trainer import train
 
     config = config_from_args(args)
     if not config.distill.teacher:
         raise ConfigError("resnetlab distill needs a teacher: --teacher RUN_DIR/best.safetensors")
     train(config)
-
-
-def add_evaluation_parsers(commands) -> None:
-    evaluate = commands.add_parser("eval", help="top-1, top-5, per-class accuracy and confusion matrix")
-    evaluate.add_argument("--checkpoint", required=True, type=Path,
-                          help="a .safetensors written by training, an .onnx, .pt2 or .pt from export or quantize, or a pretrained tag")
-    evaluate.add_argument("--data", required=True,
-                          help="image folder (its val/ or test/ split, or class folders directly), or cifar10")
-    evaluate.add_argument("--split", help="the folder to evaluate on (default: val, else test)")
-    evaluate.add_argument("--batch-size", type=int, default=128)
-    evaluate.add_argument("--max-per-class", type=int, help="evaluate the first N images of each class")
-    evaluate.add_argument("--out", type=Path, help="where confusion.csv/png go (default: beside the checkpoint)")
-    evaluate.add_argument("--device", default="auto")
-    evaluate.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    evaluate.set_defaults(run=cmd_eval)
-
-    predict = commands.add_parser("predict", help="top-k labels of image files")
-    predict.add_argument("--checkpoint", required=True, type=Path,
-                         help="a .safetensors written by training, an .onnx, .pt2 or .pt from export or quantize, or a pretrained tag")
-    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    predict.add_argument("-k", "--top-k", type=int, default=5)
-    predict.add_argument("--device", default="auto")
-    predict.add_argument("--json", action="store_true", help="print JSON instead of lines")
-    predict.set_defaults(run=cmd_predict)
-
-
-def cmd_eval(args: argparse.Namespace, console) -> None:
-    from .engine.evaluation import evaluate_checkpoint
-
-    report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
-                                 max_per_class=args.max_per_class, out_dir=args.out, device=args.device)
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
-    else:
-        print_evaluation(report, console)
-
-
-def print_evaluation(report, console) -> None:
-    result = report.result
-    top5 = f", top-5 {100 * result.top5:.2f}%" if result.top5 is not None else ""
-    console.print(f"{report.checkpoint} on {report.source} ({result.count:,} images): "
-                  f"top-1 {100 * result.top1:.2f}%{top5}, loss {result.loss:.4f}")
-    table = Table(title="per-class accuracy")
-    for column in ("class", "images", "top-1"):
-        table.add_column(column, justify="left" if column == "class" else "right")
-    for name, accuracy, count in zip(report.class_names, result.per_class, result.confusion.sum(dim=1).tolist()):
-        table.add_row(name, f"{count:,}", f"{100 * accuracy:.1f}%")
-    console.print(table)
-    console.print(f"confusion matrix: {report.confusion_csv} and {report.confusion_png}")
-
-
-def cmd_predict(args: argparse.Namespace, console) -> None:
-    from .deployed import load_deployed
-    from .data.folders import image_paths
-    from .predict import predict_files
-
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")
-    paths = image_paths(args.inputs)  # before the model loads: a wrong path fails at once
-    model = load_deployed(args.checkpoint, args.device)
-    predictions, bad = predict_files(model, paths, args.top_k)
-    for skipped in bad:
-        print(f"skipped {skipped.reason}", file=sys.stderr)
-    if args.json:
-        print(json.dumps([p.as_dict() for p in predictions], indent=2))
-    else:
-        print_predictions(predictions)
-    if not predictions:
-        raise DataError(f"none of the {len(paths)} files could be read as images")
-
-
-def print_predictions(predictions) -> None:
-    for prediction in predictions:
-        ranked = ", ".join(f"{label} {100 * p:.1f}%" for label, p in zip(prediction.labels, prediction.probabilities))
-        print(f"{prediction.path}: {ranked}")
 
 
 def add_demo_parser(commands) -> None:
@@ -307,12 +231,12 @@ def add_demo_parser(commands) -> None:
 
 
 def cmd_demo(args: argparse.Namespace, console) -> None:
-    from .config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig
-    from .demo import extract_demo_data, new_run_dir
-    from .engine.evaluation import evaluate_checkpoint
-    from .engine.trainer import BEST_WEIGHTS, train
-    from .deployed import load_deployed
-    from .predict import predict_files
+    from ..config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig
+    from ..demo import extract_demo_data, new_run_dir
+    from ..engine.evaluation import evaluate_checkpoint
+    from ..engine.trainer import BEST_WEIGHTS, train
+    from ..deploy.files import load_deployed
+    from ..predict import predict_files
 
     data = extract_demo_data(args.out)
     run_dir = new_run_dir(args.out)
