@@ -1,45 +1,59 @@
-"""PyTorch's two INT8 paths side by side, in one process: today's ``quantize --backend x86`` (FX graph
-mode, TorchScript) against its successor, torchao's PT2E (``X86InductorQuantizer``) run by
-AOTInductor (the ``.pt2`` deployment path) and by ``torch.compile``; fp32 eager and fp32 AOTInductor
-beside them. Batch-1 latency medians and the ratios; every INT8 path calibrated on the same images.
+"""PyTorch's two INT8 paths side by side, in one process: what ``quantize --backend x86`` writes now (torchao's
+PT2E, ``X86InductorQuantizer``, compiled by AOTInductor into a batch-1 ``.pt2``) against what it wrote before
+(FX graph mode, traced to TorchScript: deprecated in torch 2.14, kept here alone, as the baseline), with a
+dynamic-batch PT2E package and fp32 eager beside them. Every INT8 path is calibrated on the same images.
 
     .venv/bin/python benchmarks/bench_pt2e_int8.py [resnet50 resnet18 ...] [--threads 2] [--rounds 30]
 
-It decides when ``quantize --backend x86`` can move to PT2E: when the AOTInductor INT8 column is
-at least as fast as the FX one.
+The machine is shared and noisy: the calls alternate between the paths, one call each per round, and each
+ratio is the median of the per-round ratios, so a slow spell slows every path alike.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import statistics
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
 import torch
-import torch._inductor.config as inductor_config
 
 from resnetlab import create_model
-from resnetlab.bench.measure import measure
-from resnetlab.compress.quantize import _x86_int8, calibration_batches, quiet_quantization
+from resnetlab.compress.pt2e import calibrated, x86_quantizer
+from resnetlab.compress.quantize import calibration_batches, quantize_model
 from resnetlab.demo import extract_demo_data
-from resnetlab.deploy.export import exported_program, save_aoti_package
+from resnetlab.deploy.export import save_aoti_package
+from resnetlab.deploy.files import load_deployed
 
 
-def pt2e_int8(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.fx.GraphModule:
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    import torchao.quantization.pt2e.inductor_passes.x86  # noqa: F401  (registers Inductor's INT8 fusions)
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+def fx_int8(model: torch.nn.Module, calibration: list[torch.Tensor]) -> torch.jit.ScriptModule:
+    """The x86 INT8 model as resnetlab made it before PT2E: FX ``prepare_fx``/``convert_fx``, TorchScript."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the deprecations this benchmark measures against
+        from torch.ao.quantization import get_default_qconfig_mapping
+        from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
-    example = calibration[0][:2]
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    # strict: the non-strict capture leaves no source_fn_stack, and the quantizer then takes a ReLU
-    # module called twice in a block for one partition with two outputs, and refuses it.
-    captured = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=True).module()
-    prepared = prepare_pt2e(captured, x86.X86InductorQuantizer().set_global(
-        x86.get_default_x86_inductor_quantization_config()))
+        with torch.no_grad():
+            prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (calibration[0][:1],))
+            for images in calibration:
+                prepared(images)
+            return torch.jit.trace(convert_fx(prepared), calibration[0][:1])
+
+
+def interleaved_ms(runs: dict, example: torch.Tensor, rounds: int) -> dict[str, list[float]]:
+    times = {label: [] for label in runs}
     with torch.no_grad():
-        for images in calibration:
-            prepared(images)
-    return convert_pt2e(prepared)
+        for run in runs.values():
+            for _ in range(3):
+                run(example)
+        for _ in range(rounds):
+            for label, run in runs.items():
+                start = time.perf_counter()
+                run(example)
+                times[label].append(1000 * (time.perf_counter() - start))
+    return times
 
 
 def main() -> None:
@@ -56,31 +70,21 @@ def main() -> None:
             model = create_model(name).eval()
             calibration = calibration_batches(model, images, 32)
             example = calibration[0][:1]
-            fp32_package = Path(work) / f"{name}.pt2"
-            save_aoti_package(model, example, fp32_package, {})
-            with quiet_quantization():
-                fx = torch.jit.trace(_x86_int8(model, calibration), example)
-            converted = pt2e_int8(model, calibration)
-            int8_package = Path(work) / f"{name}.int8.pt2"
-            with tempfile.TemporaryDirectory() as build, torch.no_grad(), inductor_config.patch(freezing=True):
-                torch._inductor.aoti_compile_and_package(exported_program(converted, example),
-                                                         package_path=str(Path(build) / "int8.pt2"))
-                Path(build, "int8.pt2").rename(int8_package)
-                compiled = torch.compile(converted)
-                compiled(example)
-            runs = {"fp32 eager": model, "fp32 AOTI": torch._inductor.aoti_load_package(str(fp32_package)),
-                    "INT8 FX (today)": fx, "INT8 PT2E AOTI": torch._inductor.aoti_load_package(str(int8_package))}
-            medians = {}
-            for label, run in runs.items():
-                with torch.no_grad():
-                    medians[label] = measure(run, example, warmup=3, repeats=args.rounds).latency_ms_median
-            with torch.no_grad(), inductor_config.patch(freezing=True):
-                medians["INT8 PT2E compile"] = measure(compiled, example, warmup=3,
-                                                       repeats=args.rounds).latency_ms_median
-            print(name, "  ".join(f"{label} {ms:.2f} ms" for label, ms in medians.items()))
-            print(f"  PT2E AOTI vs FX: {medians['INT8 FX (today)'] / medians['INT8 PT2E AOTI']:.2f}x   "
-                  f"PT2E compile vs FX: {medians['INT8 FX (today)'] / medians['INT8 PT2E compile']:.2f}x   "
-                  f"FX INT8 vs fp32 eager: {medians['fp32 eager'] / medians['INT8 FX (today)']:.2f}x")
+            now = quantize_model(model, calibration, Path(work) / f"{name}.int8.pt2", backend="x86")
+            dynamic = Path(work) / f"{name}.int8.dynamic.pt2"
+            save_aoti_package(calibrated(model, calibration, x86_quantizer(is_qat=False)), example, dynamic, {})
+            runs = {"fp32 eager": model, "INT8 FX, TorchScript (before)": fx_int8(model, calibration),
+                    "INT8 PT2E .pt2, batch 1 (now)": load_deployed(now),
+                    "INT8 PT2E .pt2, dynamic batch": torch._inductor.aoti_load_package(str(dynamic))}
+            times = interleaved_ms(runs, example, args.rounds)
+            before = times["INT8 FX, TorchScript (before)"]
+            print(name, "  ".join(f"{label} {statistics.median(ms):.2f} ms" for label, ms in times.items()))
+            for label in ("INT8 PT2E .pt2, batch 1 (now)", "INT8 PT2E .pt2, dynamic batch"):
+                ratio = statistics.median(b / t for b, t in zip(before, times[label]))
+                print(f"  {label} vs FX: {ratio:.2f}x (1.00x: as fast)")
+            eager = times["fp32 eager"]
+            print(f"  now vs fp32 eager: "
+                  f"{statistics.median(e / t for e, t in zip(eager, times['INT8 PT2E .pt2, batch 1 (now)'])):.2f}x")
 
 
 if __name__ == "__main__":

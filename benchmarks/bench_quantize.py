@@ -1,6 +1,6 @@
 """INT8 vs fp32 on CPU, in one process, for each quantization backend: file size and batch-1 latency
 of each model in fp32 and INT8 on the same runtime (ONNX Runtime, OpenVINO, PyTorch's x86 kernels
-under TorchScript), INT8 calibrated on real images, and the ratios.
+through AOTInductor, against fp32 eager), INT8 calibrated on real images, and the ratios.
 
 Weights are random unless ``--checkpoint`` gives trained ones: latency and size do not depend on
 them; accuracy does, and is measured by ``resnetlab quantize --data`` on a trained checkpoint.
@@ -18,7 +18,7 @@ import torch
 
 from resnetlab import create_model
 from resnetlab.bench.measure import measure
-from resnetlab.compress.quantize import BACKENDS, calibration_batches, quantize_model, write_fp32_reference
+from resnetlab.compress.quantize import INT8_BACKENDS, calibration_batches, quantize_model, write_fp32_reference
 from resnetlab.demo import extract_demo_data
 from resnetlab.deploy.files import load_deployed
 
@@ -30,7 +30,7 @@ def median_ms(run, example, rounds: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", default=["cifar_resnet20", "cifar_resnet56", "resnet18", "resnet50"])
-    parser.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated (default: all three)")
+    parser.add_argument("--backends", default=",".join(INT8_BACKENDS), help="comma-separated (default: all three)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--calib", type=Path, help="real images to calibrate on (default: the packaged CIFAR-10 subset)")
@@ -53,7 +53,7 @@ def main() -> None:
                 folder = Path(work) / f"{name}-{backend}"
                 folder.mkdir()
                 fp32_path = write_fp32_reference(model, backend, folder)
-                int8_path = quantize_model(model, calibration, folder / f"int8{BACKENDS[backend]}", backend=backend)
+                int8_path = quantize_model(model, calibration, folder / f"int8{INT8_BACKENDS[backend]}", backend=backend)
                 fp32 = median_ms(load_deployed(fp32_path), example, args.rounds)
                 int8 = median_ms(load_deployed(int8_path), example, args.rounds)
                 print(f"{name:16s} {backend:12s} {fp32_path.stat().st_size / 1e6:8.1f} "

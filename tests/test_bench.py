@@ -18,7 +18,7 @@ from resnetlab.bench.measure import measure, side_by_side
 from resnetlab.bench.memory import peak_memory_increase, polled_peak_increase
 from resnetlab.bench.plots import write_plots
 from resnetlab.bench.report import BenchRow, print_table, write_csv, write_json
-from resnetlab.bench.run import run_benchmark
+from resnetlab.bench.run import BenchSettings, run_benchmark
 from resnetlab.cli import main
 from resnetlab.errors import ConfigError
 
@@ -47,11 +47,11 @@ def classifier_macs(model) -> int:
 @pytest.fixture(scope="module")
 def resnet18_rows() -> list[BenchRow]:
     """resnet18 at 64x64, batch 1 and 64, eager fp32 on one thread."""
-    return run_benchmark(["resnet18"], batch_sizes=[1, 64], input_sizes=[64], **FAST)
+    return run_benchmark(BenchSettings(["resnet18"], batch_sizes=[1, 64], input_sizes=[64], **FAST))
 
 
 def test_resnet50_row_counts_gmacs_per_image_and_conv_macs_grow_with_pixels():
-    (row,) = run_benchmark(["resnet50"], batch_sizes=[1], input_sizes=[224], threads=1, warmup=0, repeats=1)
+    (row,) = run_benchmark(BenchSettings(["resnet50"], batch_sizes=[1], input_sizes=[224], threads=1, warmup=0, repeats=1))
     assert (row.model, row.backend, row.precision, row.batch_size, row.input_size) == \
         ("resnet50", "eager", "fp32", 1, 224)
     assert row.params == 25_557_032 and round(row.macs / 1e9, 2) == 4.09
@@ -66,7 +66,7 @@ def test_resnet50_row_counts_gmacs_per_image_and_conv_macs_grow_with_pixels():
 
 
 def test_rows_count_macs_at_the_input_size_they_measure():
-    rows = run_benchmark(["cifar_resnet20"], batch_sizes=[1], input_sizes=[32, 64], threads=1, warmup=0, repeats=1)
+    rows = run_benchmark(BenchSettings(["cifar_resnet20"], batch_sizes=[1], input_sizes=[32, 64], threads=1, warmup=0, repeats=1))
     small, large = rows
     assert (small.input_size, large.input_size) == (32, 64)
     fc = classifier_macs(create_model("cifar_resnet20"))
@@ -134,8 +134,8 @@ def test_fraction_of_peak_is_the_achieved_share_of_the_cpu_peak(resnet18_rows):
 
 
 def test_compare_adds_the_libraries_same_named_models():
-    rows = run_benchmark(["resnet18", "cifar_resnet20"], batch_sizes=[1], input_sizes=[32],
-                         compare=["torchvision", "timm"], threads=1, warmup=0, repeats=1)
+    rows = run_benchmark(BenchSettings(["resnet18", "cifar_resnet20"], batch_sizes=[1], input_sizes=[32],
+                         compare=["torchvision", "timm"], threads=1, warmup=0, repeats=1))
     assert [(row.model, row.backend) for row in rows] == [
         ("resnet18", "eager"), ("resnet18", "torchvision-eager"), ("resnet18", "timm-eager"),
         ("cifar_resnet20", "eager")]  # neither library has cifar_resnet20
@@ -320,8 +320,8 @@ def cifar_test_folder(cifar10_root, tmp_path_factory) -> Path:
 
 
 def test_a_checkpoint_on_real_data_gets_each_backends_top1(cifar_classifier, cifar_test_folder):
-    rows = run_benchmark([], batch_sizes=[1, 8], backends=["eager", "onnxruntime"], compare=["torchvision"],
-                         checkpoint=str(cifar_classifier), data=str(cifar_test_folder), **FAST)
+    rows = run_benchmark(BenchSettings([], batch_sizes=[1, 8], backends=["eager", "onnxruntime"], compare=["torchvision"],
+                         checkpoint=str(cifar_classifier), data=str(cifar_test_folder), **FAST))
     ours = [row for row in rows if not row.backend.endswith("-eager")]
     assert [(row.model, row.backend, row.batch_size, row.input_size) for row in ours] == [
         ("cifar_resnet20", "eager", 1, 32), ("cifar_resnet20", "eager", 8, 32),

@@ -23,7 +23,8 @@ from resnetlab.data.datasets import decode_files
 from resnetlab.data.folders import scan_split
 from resnetlab.deploy.files import load_deployed
 from resnetlab.errors import CheckpointError, ConfigError
-from resnetlab.deploy.export import FORMATS, export_model, read_export_metadata
+from resnetlab.deploy.export import EXPORT_FORMATS, ExportSettings, export_model, read_export_metadata
+from resnetlab.deploy.files import FORMAT_SUFFIXES
 from resnetlab.image_input import normalize
 from resnetlab.models.weights import METADATA_KEY, model_metadata
 from zoo import narrow
@@ -58,12 +59,12 @@ def pt2_export(cifar_classifier, tmp_path_factory):
 def exported_by_command(fmt, cifar_classifier, tmp_path, capsys, pt2_export):
     if fmt == "pt2":
         return pt2_export
-    out = tmp_path / f"model{FORMATS[fmt]}"
+    out = tmp_path / f"model{FORMAT_SUFFIXES[fmt]}"
     assert main(["export", "--checkpoint", str(cifar_classifier), "--format", fmt, "--out", str(out)]) == 0
     return out, capsys.readouterr().out
 
 
-@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("fmt", EXPORT_FORMATS)
 def test_export_command_writes_a_file_that_predicts_like_the_checkpoint(cifar_classifier, real_images, tmp_path,
                                                                         capsys, pt2_export, fmt):
     out, printed = exported_by_command(fmt, cifar_classifier, tmp_path, capsys, pt2_export)
@@ -138,11 +139,11 @@ def test_predict_and_eval_take_a_pt2_package_as_they_take_the_weights(pt2_export
 
 
 def test_bench_measures_a_pt2_package_as_it_is_with_the_weights_top1(pt2_export, cifar_classifier, cifar10_root):
-    from resnetlab.bench.run import run_benchmark
+    from resnetlab.bench.run import BenchSettings, run_benchmark
 
     fast = dict(threads=1, warmup=1, repeats=2, batch_sizes=[1, 8], compare=[], data=str(cifar10_root))
-    package_rows = run_benchmark([], checkpoint=str(pt2_export[0]), **fast)
-    weights_rows = run_benchmark([], backends=["eager"], checkpoint=str(cifar_classifier), **fast)
+    package_rows = run_benchmark(BenchSettings([], checkpoint=str(pt2_export[0]), **fast))
+    weights_rows = run_benchmark(BenchSettings([], backends=["eager"], checkpoint=str(cifar_classifier), **fast))
     assert [(row.backend, row.batch_size) for row in package_rows] == [("aotinductor", 1), ("aotinductor", 8)]
     assert all(row.latency_ms_median > 0 and row.throughput > 0 for row in package_rows)
     assert package_rows[0].top1 == pytest.approx(weights_rows[0].top1, abs=1e-9) and package_rows[0].top1 > 0.25
@@ -168,7 +169,7 @@ def test_a_torchscript_file_of_an_earlier_version_still_loads_with_a_note(cifar_
 def test_nothing_writes_torchscript_any_more(tmp_path):
     with pytest.raises(ConfigError, match="TorchScript is deprecated in PyTorch and no longer written: export "
                                           "--format pt2"):
-        export_model(create_model("cifar_resnet20"), tmp_path / "model.pt", "torchscript")
+        export_model(create_model("cifar_resnet20"), tmp_path / "model.pt", ExportSettings("torchscript"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -188,7 +189,7 @@ def test_onnx_batch_is_dynamic_unless_asked_static(tmp_path):
     session = onnxruntime.InferenceSession(str(dynamic.path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 3, 32, 32]
 
-    static = export_model(model, tmp_path / "static.onnx", dynamic_batch=False)
+    static = export_model(model, tmp_path / "static.onnx", ExportSettings(static_batch=True))
     assert static.checked_batches == (1, 7)  # as resnetlab's tools run it: in batches of 1
     session = onnxruntime.InferenceSession(str(static.path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == [1, 3, 32, 32]
@@ -199,7 +200,7 @@ def test_onnx_batch_is_dynamic_unless_asked_static(tmp_path):
 def test_a_static_batch_graph_is_fed_one_image_at_a_time(tmp_path):
     torch.manual_seed(0)
     model = create_model("cifar_resnet20").eval()
-    static = export_model(model, tmp_path / "static.onnx", dynamic_batch=False)
+    static = export_model(model, tmp_path / "static.onnx", ExportSettings(static_batch=True))
     images = torch.randn(5, 3, 32, 32)  # as evaluate, predict, bench and serve pass them
     with torch.no_grad():
         torch.testing.assert_close(load_deployed(static.path)(images), model(images), atol=1e-3, rtol=0)
@@ -260,14 +261,14 @@ def test_an_opset_the_exporter_lacks_is_refused_before_exporting(tmp_path, monke
 
     monkeypatch.setattr(torch.onnx, "export", export)
     with pytest.raises(ConfigError, match=f"ONNX opset {opset} is not supported; choose one from 18 to 23"):
-        export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx", opset=opset)
+        export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx", ExportSettings(opset=opset))
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("opset", [18, 23])
 def test_the_lowest_and_highest_accepted_opsets_both_export(tmp_path, opset):
     # cifar_resnet20's zero-padding shortcut slices with a stride; ONNX Runtime runs both ends of the range.
-    report = export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx", opset=opset)
+    report = export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx", ExportSettings(opset=opset))
     assert report.max_abs_difference < 1e-3
     assert onnx.load(str(report.path)).opset_import[0].version == opset
 
@@ -285,7 +286,7 @@ def test_deformable_models_export_to_onnx_deform_conv_and_refuse_older_opsets(tm
     model.preprocessing = replace(model.preprocessing, input_size=64, resize_size=64)
     with pytest.raises(ConfigError, match="ONNX has DeformConv from opset 19: export this deformable model with "
                                           "--opset 19 or later, or as --format pt2"):
-        export_model(model, tmp_path / "model.onnx", opset=18)
+        export_model(model, tmp_path / "model.onnx", ExportSettings(opset=18))
     report = export_model(model, tmp_path / "model.onnx")  # checked on ONNX Runtime at batches 1 and 7
     assert report.max_abs_difference < 1e-4
     assert "DeformConv" in {node.op_type for node in onnx.load(str(report.path)).graph.node}

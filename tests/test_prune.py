@@ -284,9 +284,9 @@ def test_pruning_re_estimates_the_statistics_and_wins_back_accuracy(cifar_classi
 
 
 def test_bench_counts_the_pruned_widths(tmp_path):
-    from resnetlab.bench.run import run_benchmark
+    from resnetlab.bench.run import BenchSettings, run_benchmark
 
     pruned = prune_model(create_model("cifar_resnet20", num_classes=10), 0.5, keep_stream=False)
     path = save_weights(pruned, tmp_path / "pruned.safetensors")
-    (row,) = run_benchmark([], checkpoint=str(path), threads=1, warmup=0, repeats=1)
+    (row,) = run_benchmark(BenchSettings([], checkpoint=str(path), threads=1, warmup=0, repeats=1))
     assert row.macs == count_macs(pruned) and row.params == count_parameters(pruned)

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from resnetlab import create_model, load_model, save_weights
 from resnetlab.cli import main
-from resnetlab.deploy.export import export_model
+from resnetlab.deploy.export import ExportSettings, export_model
 from resnetlab.image_input import normalize, read_crop
 from resnetlab.retrieval import embed
 from resnetlab.serve.process import ServiceProcess
@@ -286,7 +286,7 @@ def test_shutdown_finishes_the_request_in_flight(cifar_classifier, images):
 
 @pytest.mark.parametrize("format, runtime", [("onnx", "onnxruntime"), ("pt2", "aotinductor")])
 def test_a_graph_file_is_served_for_predictions_only(cifar_classifier, images, tmp_path, capsys, format, runtime):
-    graph_file = export_model(load_model(cifar_classifier), tmp_path / f"model.{format}", format).path
+    graph_file = export_model(load_model(cifar_classifier), tmp_path / f"model.{format}", ExportSettings(format)).path
     with ServiceProcess(graph_file, "--threads", "1") as graph_service:
         answer = httpx.post(f"{graph_service.url}/predict", params={"top_k": 3}, files=form(images))
         metadata = httpx.get(f"{graph_service.url}/metadata").json()

@@ -90,7 +90,7 @@ FREEZE_FORMAT = "stages:K (K = 0 freezes the stem only, 1..N the stem and the fi
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("cosine", "step", "plateau", "constant")
 SCHEDULE_UNITS = ("epoch", "step")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAINING_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -207,8 +207,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or (self.max_steps is not None and self.max_steps < 1):
             raise ConfigError("epochs and max_steps must be at least 1")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(TRAINING_PRECISIONS)}")
 
 
 def config_to_dict(config) -> dict:

@@ -71,28 +71,62 @@ class _Setting:
     holds_our_weights: bool  # the comparison rows' library models are untrained: no top-1 for them
 
 
-def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[int] = (1,),
-                  input_sizes: Sequence[int] | None = None, precisions: Sequence[str] = ("fp32",),
-                  backends: Sequence[str] = ("eager",), device: str = "cpu", threads: int | None = None,
-                  compare: Sequence[str] = (), warmup: int = 3, repeats: int = 10,
-                  checkpoint: str | None = None, data: str | None = None) -> list[BenchRow]:
-    """Measure every combination; rows come in the order model, input size, backend, precision, batch.
+@dataclass(frozen=True)
+class BenchSettings:
+    """What ``resnetlab bench`` measures: every model x input size x backend x precision x batch size, one row each.
 
     ``input_sizes`` None: each model's own (224 for ImageNet models, 32 for CIFAR ones).
     ``checkpoint`` (a file ``save_weights`` wrote, or an ``.onnx``, ``.pt2`` or ``.pt`` from ``resnetlab export`` or
     ``quantize``, measured as it is on its own runtime) is measured instead of registry ``models``; with
     ``data`` (a folder with a val/ or test/ split, or cifar10) each backend and precision also gets
     its top-1 there, at the checkpoint's own preprocessing. ``threads`` sets torch's CPU threads for
-    the run (None keeps the current setting). On a CPU, fp32 rows carry their fraction of the CPU's
-    FP32 peak (``hardware.cpu_peak``).
+    the run (None keeps the current setting). ``compare`` adds the same-named models of these libraries
+    (torchvision, timm), eager fp32.
     """
-    if data is not None and checkpoint is None:
-        raise ConfigError("--data measures the top-1 of trained weights: give them with --checkpoint "
-                          "(e.g. RUN_DIR/best.safetensors from resnetlab train)")
+
+    models: Sequence[str] = ("resnet50",)
+    batch_sizes: Sequence[int] = (1,)
+    input_sizes: Sequence[int] | None = None
+    precisions: Sequence[str] = ("fp32",)
+    backends: Sequence[str] = ("eager",)
+    device: str = "cpu"
+    threads: int | None = None
+    compare: Sequence[str] = ()
+    warmup: int = 3  # untimed calls before timing
+    repeats: int = 10  # timed calls per row
+    checkpoint: str | None = None
+    data: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.data is not None and self.checkpoint is None:
+            raise ConfigError("--data measures the top-1 of trained weights: give them with --checkpoint "
+                              "(e.g. RUN_DIR/best.safetensors from resnetlab train)")
+        if self.checkpoint is not None and self.models:
+            raise ConfigError("give either model names or --checkpoint, not both: the checkpoint names its model")
+        for label, values in (("backend", self.backends), ("precision", self.precisions)):
+            if not values:
+                raise ConfigError(f"no {label} to measure; name at least one")
+        for label, values in (("batch size", self.batch_sizes), ("input size", self.input_sizes or [1])):
+            if not values or min(values) < 1:
+                raise ConfigError(f"every {label} must be at least 1, not {', '.join(map(str, values)) or 'none'}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, not {self.threads}")
+        if self.warmup < 0 or self.repeats < 1:
+            raise ConfigError(f"need 0 or more warm-up calls and 1 or more repeats, not {self.warmup} and "
+                              f"{self.repeats}")
+        unknown = sorted(set(self.compare) - set(LIBRARIES))
+        if unknown:
+            raise ConfigError(f"cannot compare with {', '.join(unknown)}; choose from {', '.join(LIBRARIES)}")
+
+
+def run_benchmark(settings: BenchSettings) -> list[BenchRow]:
+    """Measure every combination; rows come in the order model, input size, backend, precision, batch. On a CPU,
+    fp32 rows carry their fraction of the CPU's FP32 peak (``hardware.cpu_peak``)."""
+    models, backends, precisions, checkpoint = settings.models, settings.backends, settings.precisions, \
+        settings.checkpoint
+    input_sizes, batch_sizes = settings.input_sizes, settings.batch_sizes
     measured = None  # the checkpoint's model: a ResNet, or a graph file measured as it is
     if checkpoint is not None:
-        if models:
-            raise ConfigError("give either model names or --checkpoint, not both: the checkpoint names its model")
         if model_file_format(Path(checkpoint)) != "safetensors":
             graph = load_deployed(checkpoint)
             if list(backends) != ["eager"] or list(precisions) != ["fp32"]:
@@ -105,37 +139,26 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
         else:
             measured = load_model(checkpoint).eval()
         models = [measured.arch]
-        if data is not None:
+        if settings.data is not None:
             check_reads_image_files(measured.in_chans if isinstance(measured, DeployedModel)
                                     else measured.config.in_chans)
-    for label, values in (("model", models), ("backend", backends), ("precision", precisions)):
-        if not values:
-            raise ConfigError(f"no {label} to measure; name at least one")
+    if not models:
+        raise ConfigError("no model to measure; name at least one")
     for name in models:
         model_config(name)  # an unknown name fails here, naming the close ones
-    for label, values in (("batch size", batch_sizes), ("input size", input_sizes or [1])):
-        if not values or min(values) < 1:
-            raise ConfigError(f"every {label} must be at least 1, not {', '.join(map(str, values)) or 'none'}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads must be at least 1, not {threads}")
-    if warmup < 0 or repeats < 1:
-        raise ConfigError(f"need 0 or more warm-up calls and 1 or more repeats, not {warmup} and {repeats}")
-    target = _device(device)
-    unknown = sorted(set(compare) - set(LIBRARIES))
-    if unknown:
-        raise ConfigError(f"cannot compare with {', '.join(unknown)}; choose from {', '.join(LIBRARIES)}")
-    libraries = {label: LIBRARIES[label]() for label in compare}
+    target = _device(settings.device)
+    libraries = {label: LIBRARIES[label]() for label in settings.compare}
     comparisons = {name: [label for label in libraries if libraries[label].has(name)] for name in models}
     for name, found in comparisons.items():
         for label in sorted(set(libraries) - set(found)):
             log.info("%s has no model named %s: no %s row for it", label, name, label)
 
     as_is = isinstance(measured, DeployedModel)
-    settings_per_size = 1 if as_is else len(backends) * len(precisions)
+    setups_per_size = 1 if as_is else len(backends) * len(precisions)
     rows = []
-    total = sum(len(input_sizes or [None]) * len(batch_sizes) * (settings_per_size + len(comparisons[name]))
+    total = sum(len(input_sizes or [None]) * len(batch_sizes) * (setups_per_size + len(comparisons[name]))
                 for name in models)
-    with torch_threads(threads) as used:
+    with torch_threads(settings.threads) as used:
         if not as_is:
             _check_backends(backends, precisions, target)
         peak = cpu_peak(used).gflops if target.type == "cpu" else None
@@ -143,22 +166,22 @@ def run_benchmark(models: Sequence[str] = ("resnet50",), batch_sizes: Sequence[i
             for name in models:
                 model = measured if as_is else \
                     (measured if measured is not None else create_model(name).eval()).to(target)
-                loader = _eval_loader(model, data) if data is not None else None
+                loader = _eval_loader(model, settings.data) if settings.data is not None else None
                 with torch.device("meta"):  # the checkpoint's own config: a pruned net has its own widths
                     shapes_only = build_model(_config_of(model, checkpoint))
                 references = {label: libraries[label].build(name).eval().to(target) for label in comparisons[name]}
                 for size in input_sizes or [model.preprocessing.input_size]:
                     macs = count_macs(shapes_only, size)
-                    settings = [_as_it_is(model, count_parameters(shapes_only))] if as_is else \
+                    setups = [_as_it_is(model, count_parameters(shapes_only))] if as_is else \
                         [_optimized(model, backend, precision, size) for backend in backends for precision in precisions]
-                    settings += [_reference(label, module) for label, module in references.items()]
-                    for setting in settings:
+                    setups += [_reference(label, module) for label, module in references.items()]
+                    for setting in setups:
                         first = len(rows)
                         for batch in batch_sizes:
                             images = torch.randn(batch, shapes_only.config.in_chans, size, size, device=target)
                             # top-1 does not depend on the batch size: measured once per setting
                             scored = loader if len(rows) == first and setting.holds_our_weights else None
-                            rows.append(_row(name, setting, images, macs, peak, warmup, repeats, scored))
+                            rows.append(_row(name, setting, images, macs, peak, settings.warmup, settings.repeats, scored))
                             rows[-1].top1 = rows[first].top1
                             progress.update()
     return rows

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -45,15 +46,17 @@ def cmd_bench(args: argparse.Namespace, console) -> None:
     from ..hardware import cpu_peak, sgemm_gflops, torch_threads
     from ..bench.plots import write_plots
     from ..bench.report import print_table, write_csv, write_json
-    from ..bench.run import run_benchmark
+    from ..bench.run import BenchSettings, run_benchmark
 
-    models = args.models or ([] if args.checkpoint else ["resnet50"])
-    settings = dict(models=models, batch_sizes=_integers("--batch-size", args.batch_size),
-                    input_sizes=_integers("--input-size", args.input_size) if args.input_size else None,
-                    checkpoint=args.checkpoint, data=args.data,
-                    precisions=_names(args.precision), backends=_names(args.backend), device=args.device,
-                    threads=args.threads, compare=_names(args.compare), warmup=args.warmup, repeats=args.repeats)
-    rows = run_benchmark(**settings)
+    settings = BenchSettings(
+        models=args.models or ([] if args.checkpoint else ["resnet50"]),
+        batch_sizes=_integers("--batch-size", args.batch_size),
+        input_sizes=_integers("--input-size", args.input_size) if args.input_size else None,
+        precisions=_names(args.precision), backends=_names(args.backend), device=args.device, threads=args.threads,
+        compare=_names(args.compare), warmup=args.warmup, repeats=args.repeats, checkpoint=args.checkpoint,
+        data=args.data)
+    rows = run_benchmark(settings)
+    recorded = asdict(settings)  # what the JSON file says the rows were measured with
     note = None
     if torch.device(args.device).type == "cpu":
         with torch_threads(args.threads) as threads:
@@ -61,15 +64,15 @@ def cmd_bench(args: argparse.Namespace, console) -> None:
             achieved = sgemm_gflops()
         cross_check = f"{achieved / peak.gflops:.0%} of it" if peak.gflops else "no peak to compare"
         note = f"{peak.description}. torch.mm 2048x2048 reaches {achieved:.0f} GFLOP/s here ({cross_check})."
-        settings |= {"threads": threads, "cpu_peak_gflops": peak.gflops, "cpu_peak": peak.description,
+        recorded |= {"threads": threads, "cpu_peak_gflops": peak.gflops, "cpu_peak": peak.description,
                      "sgemm_gflops": achieved}
     print_table(rows, console, note)
-    settings |= {"torch": torch.__version__, "machine": platform.processor() or platform.machine()}
+    recorded |= {"torch": torch.__version__, "machine": platform.processor() or platform.machine()}
     if args.csv:
         write_csv(rows, args.csv)
         print(f"wrote {args.csv}")
     if args.json:
-        write_json(rows, args.json, settings)
+        write_json(rows, args.json, recorded)
         print(f"wrote {args.json}")
     if args.plot:
         for path in write_plots(rows, args.plot):

@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 
 from ..compress.chain import PRUNE_IMAGES, ChainSettings
 from ..compress.int8_target import INT8_TARGETS
-from ..compress.quantize import BACKENDS
+from ..compress.prune import CRITERIA
+from ..compress.quantize import (CALIB_IMAGES, CALIBRATION_METHODS, INT8_BACKENDS, METHODS, QAT_BATCH, QAT_EPOCHS,
+                                 QAT_LR, QuantizeSettings)
 from ..pretrained.catalog import is_pretrained_tag
 from .export import named_after
-
-
-QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # quantize --method qat: a short fine-tune from trained weights
 
 
 def add_parsers(commands) -> None:
@@ -21,19 +21,19 @@ def add_parsers(commands) -> None:
         description="Quantize a trained model to INT8: per-channel weights, BN folded, Conv+ReLU fused. --method ptq "
                     "sets activation ranges from --calib images; --method qat fine-tunes with INT8 simulated on "
                     "--data's train split. --backend picks the runtime: onnxruntime or openvino (.onnx) or "
-                    "PyTorch's x86 kernels (TorchScript .pt). Prints size, latency and (with --data) top-1, "
+                    "PyTorch's x86 kernels through AOTInductor (.pt2). Prints size, latency and (with --data) top-1, "
                     "before and after.")
     quantize.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training, or a pretrained tag")
-    quantize.add_argument("--method", default="ptq", choices=["ptq", "qat"],
+    quantize.add_argument("--method", default="ptq", choices=METHODS,
                           help="post-training quantization, or quantization-aware training (default ptq)")
-    quantize.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+    quantize.add_argument("--backend", default="auto", choices=["auto", *INT8_BACKENDS],
                           help="the runtime the INT8 model is made for (default auto: OpenVINO on CPUs without "
                                "VNNI if installed, where it measured fastest; ONNX Runtime elsewhere)")
     quantize.add_argument("--calib", type=Path,
                           help="ptq: a folder of real images like those the model will see (any layout)")
     quantize.add_argument("--calib-images", type=int,
-                          help=f"ptq: how many to use (default {ChainSettings.calib_images})")
-    quantize.add_argument("--calibration", choices=["minmax", "percentile", "entropy"],
+                          help=f"ptq: how many to use (default {CALIB_IMAGES})")
+    quantize.add_argument("--calibration", choices=CALIBRATION_METHODS,
                           help="ptq with onnxruntime: how activation ranges are set from them (default minmax)")
     quantize.add_argument("--data", help="qat: the image folder whose train/ split it fine-tunes on; with either "
                                          "method, top-1 before and after is measured on its val/ or test/ split")
@@ -42,7 +42,7 @@ def add_parsers(commands) -> None:
     quantize.add_argument("--batch-size", type=int, help=f"qat: images per step (default {QAT_BATCH})")
     add_int8_target_argument(quantize)
     quantize.add_argument("--out", type=Path,
-                          help="the file to write: .onnx, or .pt for x86 (default: CHECKPOINT.int8.onnx or .pt)")
+                          help="the file to write: .onnx, or .pt2 for x86 (default: CHECKPOINT.int8.onnx or .pt2)")
     quantize.set_defaults(run=cmd_quantize)
 
     prune = commands.add_parser(
@@ -55,7 +55,7 @@ def add_parsers(commands) -> None:
     prune.add_argument("--data", required=True, help="image folder to fine-tune on and evaluate with, or cifar10")
     prune.add_argument("--target-macs", type=float,
                        help=f"fraction of the MACs to keep (default {ChainSettings.target_macs:g})")
-    prune.add_argument("--criterion", choices=["l1", "bn-gamma", "taylor"],
+    prune.add_argument("--criterion", choices=CRITERIA,
                        help="how a channel is ranked: its filters' L1 norm, its BN scales, or the loss change "
                             f"its removal causes on {PRUNE_IMAGES} training images, to first order "
                             f"(default {ChainSettings.criterion})")
@@ -80,9 +80,9 @@ def add_round_to_argument(parser) -> None:
 
 
 def add_precision_argument(parser) -> None:
-    from ..config import PRECISIONS
+    from ..config import TRAINING_PRECISIONS
 
-    parser.add_argument("--precision", choices=PRECISIONS,
+    parser.add_argument("--precision", choices=TRAINING_PRECISIONS,
                         help="of the training, as in train: bf16 is about twice as fast as fp32 on CPUs with "
                              "native bf16 (default auto: bf16 on GPUs that have it, fp32 on CPUs)")
 
@@ -94,38 +94,37 @@ def add_int8_target_argument(parser, prefix: str = "") -> None:
                              "every CPU), auto: this CPU's kind (default auto)")
 
 
+def quantize_settings(args: argparse.Namespace) -> QuantizeSettings:
+    return QuantizeSettings(**{field.name: getattr(args, field.name) for field in fields(QuantizeSettings)})
+
+
 def cmd_quantize(args: argparse.Namespace, console) -> None:
     from ..compress.chain import measure_file, time_records
     from ..compress.int8_target import int8_layout, speed_note
-    from ..compress.quantize import RUNTIME_NAMES, check_backend, int8_backend, write_fp32_reference
-    from ..errors import ConfigError
+    from ..compress.quantize import RUNTIME_NAMES, check_backend, write_fp32_reference
     from ..complexity import count_macs
     from ..models import load_model, save_weights
 
-    target = args.int8_target or "auto"
-    backend = int8_backend(args.backend, args.calibration, target)
-    if backend == "x86" and args.int8_target is not None:
-        raise ConfigError("--int8-target lays out ONNX files; --backend x86 keeps PyTorch's own settings, "
-                          "right on every CPU: drop --int8-target")
-    out = args.out or named_after(args.checkpoint, f".int8{BACKENDS[backend]}")
-    _check_method_options(args)
+    settings = quantize_settings(args)
+    backend = settings.resolved_backend
+    out = args.out or named_after(args.checkpoint, f".int8{INT8_BACKENDS[backend]}")
     check_backend(backend, out)
+    target = settings.int8_target or "auto"
     layout = int8_layout(backend, target)
     model = load_model(args.checkpoint).eval()
-    if args.method == "ptq":
+    if settings.method == "ptq":
         from ..compress.quantize import calibration_batches, quantize_model
 
-        images = ChainSettings.calib_images if args.calib_images is None else args.calib_images
-        calibration = calibration_batches(model, args.calib, images)
-        quantize_model(model, calibration, out, args.calibration, backend, target)
+        calibration = calibration_batches(model, settings.calib, settings.calib_images or CALIB_IMAGES)
+        quantize_model(model, calibration, out, settings.calibration, backend, target)
         how = f"{sum(len(b) for b in calibration)} calibration images"
     else:
         from ..compress.qat import quantization_aware_training
 
-        epochs = QAT_EPOCHS if args.epochs is None else args.epochs
-        quantization_aware_training(model, args.data, out, backend, epochs,
-                                    QAT_LR if args.lr is None else args.lr,
-                                    QAT_BATCH if args.batch_size is None else args.batch_size, target)
+        epochs = QAT_EPOCHS if settings.epochs is None else settings.epochs
+        quantization_aware_training(model, settings.data, out, backend, epochs,
+                                    QAT_LR if settings.lr is None else settings.lr,
+                                    QAT_BATCH if settings.batch_size is None else settings.batch_size, target)
         how = f"quantization-aware training, {epochs} epoch(s)"
 
     macs = count_macs(model)  # INT8 changes the arithmetic's precision, not its amount
@@ -135,7 +134,7 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
         # A pretrained tag is measured as the file training would have written.
         source = save_weights(model, Path(work) / "pretrained.safetensors") \
             if is_pretrained_tag(args.checkpoint) else args.checkpoint
-        records = [measure_file(label, path, args.data, macs)
+        records = [measure_file(label, path, settings.data, macs)
                    for label, path in (("fp32 (PyTorch)", source), (f"fp32 ({runtime})", fp32),
                                        (f"INT8 ({runtime})", out))]
         time_records(records)
@@ -145,29 +144,6 @@ def cmd_quantize(args: argparse.Namespace, console) -> None:
                       runtime)
     if note:
         print(note)
-
-
-def _check_method_options(args: argparse.Namespace) -> None:
-    """Each option belongs to one method; a stray one is an error, not silently ignored."""
-    from ..errors import ConfigError
-
-    if args.method == "ptq":
-        if args.calib is None:
-            raise ConfigError("--method ptq calibrates on real images: give --calib DIR (a few hundred images "
-                              "like those the model will see)")
-        if args.calib_images is not None and args.calib_images < 1:
-            raise ConfigError(f"--calib-images must be at least 1, not {args.calib_images}")
-        given = [flag for flag, value in (("--epochs", args.epochs), ("--lr", args.lr),
-                                          ("--batch-size", args.batch_size)) if value is not None]
-        if given:
-            raise ConfigError(f"{', '.join(given)} set the fine-tune of --method qat; --method ptq does not train")
-        return
-    if args.data is None:
-        raise ConfigError("--method qat fine-tunes on real images: give --data DIR, a folder with train/ and "
-                          "val/ or test/ splits")
-    if args.calib is not None or args.calibration is not None or args.calib_images is not None:
-        raise ConfigError("--method qat learns its ranges while fine-tuning on --data; --calib, --calib-images "
-                          "and --calibration are for --method ptq")
 
 
 def cmd_prune(args: argparse.Namespace, console) -> None:
@@ -182,8 +158,6 @@ def cmd_prune(args: argparse.Namespace, console) -> None:
 def chain_settings(args: argparse.Namespace) -> tuple[ChainSettings, set[str]]:
     """The settings the command was given, the defaults for the rest, and which were given: a flag for
     a step that does not run is an error even when its value is the default."""
-    from dataclasses import fields
-
     given = {field.name: getattr(args, field.name) for field in fields(ChainSettings)
              if getattr(args, field.name, None) is not None}
     return ChainSettings(**given), set(given)
@@ -202,7 +176,7 @@ def add_compress_parser(commands) -> None:
     chain.add_argument("--out", required=True, type=Path, help="folder for each step's file and report.json")
     chain.add_argument("--target-macs", type=float,
                        help=f"prune: fraction of the MACs to keep (default {ChainSettings.target_macs:g})")
-    chain.add_argument("--criterion", choices=["l1", "bn-gamma", "taylor"],
+    chain.add_argument("--criterion", choices=CRITERIA,
                        help=f"prune: channel ranking (default {ChainSettings.criterion})")
     chain.add_argument("--prune-stream", dest="keep_stream", action="store_false", default=None,
                        help="prune: the residual stream's channels too, not only the inner ones")

@@ -36,10 +36,11 @@ def add_parsers(commands) -> None:
 
 
 def cmd_eval(args: argparse.Namespace, console) -> None:
-    from ..engine.evaluation import evaluate_checkpoint
+    from ..engine.evaluation import EvalSettings, evaluate_checkpoint
 
-    report = evaluate_checkpoint(args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
-                                 max_per_class=args.max_per_class, out_dir=args.out, device=args.device)
+    report = evaluate_checkpoint(EvalSettings(checkpoint=args.checkpoint, data=args.data, split=args.split,
+                                              batch_size=args.batch_size, max_per_class=args.max_per_class,
+                                              out=args.out, device=args.device))
     if args.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:

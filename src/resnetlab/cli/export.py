@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..deploy.export import DEFAULT_OPSET, FORMATS, MAX_OPSET, MIN_OPSET
+from ..deploy.export import DEFAULT_OPSET, EXPORT_FORMATS, MAX_OPSET, MIN_OPSET, ExportSettings
+from ..deploy.files import FORMAT_SUFFIXES
 from ..pretrained.catalog import is_pretrained_tag
 
 
@@ -12,7 +13,7 @@ def add_parsers(commands) -> None:
     export = commands.add_parser("export", help="ONNX, an AOTInductor package (.pt2) or safetensors, checked "
                                                 "against eager at once")
     export.add_argument("--checkpoint", required=True, type=Path, help="a .safetensors written by training, or a pretrained tag")
-    export.add_argument("--format", default="onnx", choices=list(FORMATS),
+    export.add_argument("--format", default="onnx", choices=EXPORT_FORMATS,
                         help="onnx (torch.export-based exporter), pt2 (compiled ahead of time for this CPU by "
                              "AOTInductor; runs with torch alone; replaces TorchScript), or safetensors (default onnx)")
     export.add_argument("--out", type=Path, help="the file to write (default: beside the checkpoint, new suffix)")
@@ -23,21 +24,17 @@ def add_parsers(commands) -> None:
 
 
 def cmd_export(args: argparse.Namespace, console) -> None:
-    from ..errors import ConfigError
     from ..deploy.export import export_model
     from ..models import load_model
 
-    if args.format != "onnx" and (args.opset is not None or args.static_batch):
-        raise ConfigError("--opset applies to ONNX exports only" if args.opset is not None
-                          else "--static-batch applies to ONNX exports only")
-    out = args.out or named_after(args.checkpoint, FORMATS[args.format])
+    settings = ExportSettings(format=args.format, opset=args.opset, static_batch=args.static_batch)
+    out = args.out or named_after(args.checkpoint, FORMAT_SUFFIXES[settings.format])
     if out.resolve() == args.checkpoint.resolve():
         out = out.with_name(f"{out.stem}.exported{out.suffix}")
     model = load_model(args.checkpoint)
-    if args.format == "pt2":
+    if settings.format == "pt2":
         print("compiling with AOTInductor for this CPU: a minute or so for a ResNet-50 on two cores")
-    report = export_model(model, out, args.format, dynamic_batch=not args.static_batch,
-                          opset=DEFAULT_OPSET if args.opset is None else args.opset)
+    report = export_model(model, out, settings)
     batches = " and ".join(map(str, report.checked_batches))
     print(f"wrote {report.path} ({report.bytes / 1e6:.1f} MB, {report.format}); max |logit difference| from "
           f"eager {report.max_abs_difference:.2g} on batches of {batches}")

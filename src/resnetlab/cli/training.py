@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import PRECISIONS, TrainConfig, apply_overrides, config_from_dict, config_to_dict, load_recipe
+from ..config import (AUGMENT_PRESETS, AUTO_AUGMENT_POLICIES, BAD_IMAGE_POLICIES, OPTIMIZERS, SCHEDULES,
+                      TRAINING_PRECISIONS, TrainConfig, apply_overrides, config_from_dict, config_to_dict, load_recipe)
 from ..errors import ConfigError
 from .evaluation import print_evaluation, print_predictions
 
@@ -67,18 +68,18 @@ def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) 
     section.add_argument("--batch-size", type=int, help="images per batch on each process")
     section.add_argument("--workers", type=int, help="data loading processes")
     section.add_argument("--max-per-class", type=int, help="use the first N images of each class")
-    section.add_argument("--augment", choices=("auto", "imagenet", "cifar", "none"),
+    section.add_argument("--augment", choices=AUGMENT_PRESETS,
                          help="imagenet: random-resized crop + flip; cifar: 4-pixel shift + flip; auto: cifar for "
                               "CIFAR-sized images, imagenet for larger ones")
-    section.add_argument("--auto-augment", choices=("randaugment", "autoaugment-imagenet", "autoaugment-cifar10"),
+    section.add_argument("--auto-augment", choices=AUTO_AUGMENT_POLICIES[1:],
                          help="a learned augmentation policy on top")
     section.add_argument("--color-jitter", type=float, help="brightness, contrast and saturation strength")
     section.add_argument("--mixup", type=float, metavar="ALPHA", help="mix image pairs, weights ~ Beta(ALPHA)")
     section.add_argument("--cutmix", type=float, metavar="ALPHA", help="paste patches between images, Beta(ALPHA)")
-    section.add_argument("--bad-images", choices=("skip", "error"), help="skip or stop on unreadable files")
+    section.add_argument("--bad-images", choices=BAD_IMAGE_POLICIES, help="skip or stop on unreadable files")
     section.add_argument("--input-size", type=int, help="crop side in pixels (default: the model's)")
     section = train.add_argument_group("optimisation")
-    section.add_argument("--optimizer", choices=("sgd", "adamw"), help="SGD with momentum, or AdamW")
+    section.add_argument("--optimizer", choices=OPTIMIZERS, help="SGD with momentum, or AdamW")
     section.add_argument("--lr", type=float, help="peak learning rate for the global batch")
     section.add_argument("--momentum", type=float, help="SGD momentum")
     _flag(section, "--nesterov", "Nesterov momentum")
@@ -88,7 +89,7 @@ def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) 
     section.add_argument("--grad-clip", type=float, help="max gradient norm")
     section.add_argument("--accumulate", type=int, help="batches per optimizer step")
     section.add_argument("--ema-decay", type=float, help="EMA of weights, e.g. 0.999")
-    section.add_argument("--schedule", choices=("cosine", "step", "plateau", "constant"),
+    section.add_argument("--schedule", choices=SCHEDULES,
                          help="lr decay after the warmup")
     section.add_argument("--warmup", type=float, help="linear warmup length (schedule unit, epochs by default)")
     section.add_argument("--milestones", type=_numbers, help="step decay points, e.g. 82,123")
@@ -100,7 +101,7 @@ def _add_training_parser(train: argparse.ArgumentParser, distill: bool = False) 
     section.add_argument("--epochs", type=int, help="passes over the training images")
     section.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
     section.add_argument("--seed", type=int, help="for weights, order and augmentation")
-    section.add_argument("--precision", choices=PRECISIONS,
+    section.add_argument("--precision", choices=TRAINING_PRECISIONS,
                          help="auto: bf16 on GPUs that have it, fp32 on CPUs; fp16 uses a gradient scaler")
     section.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     _flag(section, "--deterministic", "deterministic kernels: bit-identical reruns and resumes on CPU")
@@ -233,7 +234,7 @@ def add_demo_parser(commands) -> None:
 def cmd_demo(args: argparse.Namespace, console) -> None:
     from ..config import DataConfig, ModelConfig, OptimConfig, ScheduleConfig
     from ..demo import extract_demo_data, new_run_dir
-    from ..engine.evaluation import evaluate_checkpoint
+    from ..engine.evaluation import EvalSettings, evaluate_checkpoint
     from ..engine.trainer import BEST_WEIGHTS, train
     from ..deploy.files import load_deployed
     from ..predict import predict_files
@@ -246,7 +247,7 @@ def cmd_demo(args: argparse.Namespace, console) -> None:
                       epochs=args.epochs, out=str(run_dir)))
     best = run_dir / BEST_WEIGHTS
     console.rule("2/3  evaluate on 1,000 held-out images")
-    print_evaluation(evaluate_checkpoint(best, str(data)), console)
+    print_evaluation(evaluate_checkpoint(EvalSettings(best, str(data))), console)
     console.rule("3/3  predict")
     samples = [sorted((data / "test" / name).iterdir())[0] for name in ("cat", "ship", "truck")]
     print_predictions(predict_files(load_deployed(best), samples, top_k=3)[0])

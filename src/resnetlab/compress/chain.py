@@ -33,7 +33,8 @@ from ..models import ResNet, load_model, save_weights
 from ..pretrained.catalog import is_pretrained_tag
 from .int8_target import check_int8_target, int8_layout, speed_note
 from .prune import CHANNEL_MULTIPLE, check_budget, prunable, prune_model, recalibrate_batch_norm, width_options
-from .quantize import RUNTIME_NAMES, calibration_batches, int8_backend, quantize_model, write_fp32_reference
+from .quantize import (CALIB_IMAGES, RUNTIME_NAMES, calibration_batches, int8_backend, quantize_model,
+                       write_fp32_reference)
 
 logger = logging.getLogger("resnetlab")
 STEPS = ("prune", "distill", "quantize", "export")  # the order they run in
@@ -58,7 +59,7 @@ class ChainSettings:
     precision: str = "auto"  # of the training after pruning / of the student; as train --precision
     alpha: float = 0.5  # distill: weight of the teacher's soft targets
     temperature: float = 4.0
-    calib_images: int = 256  # quantize: real images from the data's train split
+    calib_images: int = CALIB_IMAGES  # quantize: real images from the data's train split
     int8_target: str = "auto"  # quantize: the CPUs the INT8 file is laid out for (int8_target.INT8_TARGETS)
 
 

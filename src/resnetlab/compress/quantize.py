@@ -16,13 +16,12 @@ Each backend quantizes with its own runtime's tool, so that the runtime recognis
   correction: NNCF's defaults (averaged per-batch ranges, fast bias correction) kept 86% and 96% of
   the predictions of the test suite's two CIFAR-10 classifiers (300 real test images), min-max
   without correction 99% of both.
-- ``x86``: PyTorch's own INT8 kernels (FBGEMM/oneDNN), through FX graph mode: ``prepare_fx`` with the
-  x86 mapping fuses Conv+BN+ReLU, observes weights per channel and activations with histograms;
-  ``convert_fx`` turns each residual addition and its ReLU into one quantized ``add_relu``. Saved as
-  TorchScript (.pt) with the metadata. Both APIs are deprecated in PyTorch; torchao's PT2E with
-  AOTInductor is their successor, but on torch 2.14.1 / torchao 0.18 its INT8 resnet50 runs at
-  0.74x this path's speed at batch 1 (``benchmarks/bench_pt2e_int8.py``), so it stays until that
-  gap is closed.
+- ``x86``: PyTorch's own INT8 kernels (oneDNN, through Inductor), by torchao's PT2E (``pt2e.py``): the
+  model captured by ``torch.export``, annotated by ``X86InductorQuantizer`` (Conv+BN+ReLU and each residual
+  addition with its ReLU as units, weights per channel, activations observed with histograms), then
+  compiled by AOTInductor into a ``.pt2`` package with the metadata, for batch 1, the batch it measured
+  as fast as the deprecated FX/TorchScript path at (``benchmarks/bench_pt2e_int8.py``; a dynamic batch
+  ran at 0.75x); larger batches run in chunks of it.
 
 Every file carries the model's metadata with ``precision: int8``, ``runtime`` (the backend) and
 ``int8`` (``int8_target.Int8Layout``: 7-bit weights for CPUs without VNNI, where 8 bits can clip).
@@ -30,14 +29,13 @@ Every file carries the model's metadata with ``precision: int8``, ``runtime`` (t
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import logging
+import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -46,7 +44,6 @@ from ..atomic import atomic_path
 from ..errors import ConfigError, DataError
 from ..deploy.export import onnx_bytes
 from ..models.weights import METADATA_KEY
-from ..deploy.runtimes import quiet_tracing
 from ..image_input import check_reads_image_files, normalize, read_crop
 from ..models import ResNet
 from ..models.weights import model_metadata
@@ -54,11 +51,64 @@ from ..data.folders import image_paths
 from .int8_target import Int8Layout, int8_layout, resolve_target
 
 logger = logging.getLogger("resnetlab")
-BACKENDS = {"onnxruntime": ".onnx", "openvino": ".onnx", "x86": ".pt"}  # each backend's file
+INT8_BACKENDS = {"onnxruntime": ".onnx", "openvino": ".onnx", "x86": ".pt2"}  # backend -> its file's suffix
 REQUIRES = {"onnxruntime": ("onnx", "onnxruntime"), "openvino": ("onnx", "nncf", "openvino"), "x86": ()}
 RUNTIME_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "x86": "PyTorch x86"}
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")  # ONNX Runtime's; NNCF and FX have their own
 CALIBRATION_BATCH = 16
+
+
+METHODS = ("ptq", "qat")
+QAT_EPOCHS, QAT_LR, QAT_BATCH = 1, 1e-3, 64  # --method qat: a short fine-tune from trained weights
+CALIB_IMAGES = 256  # --method ptq: real images to set the activation ranges with
+
+
+@dataclass(frozen=True)
+class QuantizeSettings:
+    """What ``resnetlab quantize`` does. None is "not given": each option belongs to one method, and one given to
+    the other method is an error, not silently ignored; the defaults are the constants above."""
+
+    method: str = "ptq"  # post-training quantization, or quantization-aware training
+    backend: str = "auto"  # the runtime the INT8 file is for; "auto": ``int8_backend``'s choice
+    int8_target: str | None = None  # the CPUs the file is laid out for (``int8_target``); None: this CPU's kind
+    calib: Path | None = None  # ptq: a folder of real images (any layout)
+    calib_images: int | None = None  # ptq: how many of them
+    calibration: str | None = None  # ptq on ONNX Runtime: how ranges are set from them (CALIBRATION_METHODS)
+    data: str | None = None  # qat: the image folder to fine-tune on; either: top-1 before and after
+    epochs: int | None = None  # qat
+    lr: float | None = None  # qat: peak learning rate, cosine-decayed
+    batch_size: int | None = None  # qat
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown quantization method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.method == "ptq":
+            if self.calib is None:
+                raise ConfigError("--method ptq calibrates on real images: give --calib DIR (a few hundred images "
+                                  "like those the model will see)")
+            if self.calib_images is not None and self.calib_images < 1:
+                raise ConfigError(f"--calib-images must be at least 1, not {self.calib_images}")
+            given = [flag for flag, value in (("--epochs", self.epochs), ("--lr", self.lr),
+                                              ("--batch-size", self.batch_size)) if value is not None]
+            if given:
+                raise ConfigError(f"{', '.join(given)} set the fine-tune of --method qat; --method ptq does not "
+                                  "train")
+            return
+        if self.data is None:
+            raise ConfigError("--method qat fine-tunes on real images: give --data DIR, a folder with train/ and "
+                              "val/ or test/ splits")
+        if self.calib is not None or self.calibration is not None or self.calib_images is not None:
+            raise ConfigError("--method qat learns its ranges while fine-tuning on --data; --calib, --calib-images "
+                              "and --calibration are for --method ptq")
+
+    @property
+    def resolved_backend(self) -> str:
+        """The backend for "auto", refused with an --int8-target it does not take."""
+        backend = int8_backend(self.backend, self.calibration, self.int8_target or "auto")
+        if backend == "x86" and self.int8_target is not None:
+            raise ConfigError("--int8-target lays out ONNX files; --backend x86 keeps PyTorch's own settings, "
+                              "right on every CPU: drop --int8-target")
+        return backend
 
 
 def calibration_batches(model: ResNet, folder: str | Path, limit: int) -> list[torch.Tensor]:
@@ -104,18 +154,19 @@ def int8_backend(backend: str, method: str | None = None, target: str = "auto") 
 
 def check_backend(backend: str, out: Path, model: ResNet | None = None) -> None:
     """Before any work: the backend is known and installed, ``out`` is its kind of file, the model fits it."""
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown quantization backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
+    if backend not in INT8_BACKENDS:
+        raise ConfigError(f"unknown quantization backend {backend!r}; choose one of auto, {', '.join(INT8_BACKENDS)}")
     missing = [module for module in REQUIRES[backend] if importlib.util.find_spec(module) is None]
     if missing:
         raise ConfigError(f"--backend {backend} needs {', '.join(missing)}: pip install {' '.join(missing)} "
                           "(or pip install 'resnetlab[deploy]')")
-    if backend == "x86" and "x86" not in torch.backends.quantized.supported_engines:
-        raise ConfigError("this PyTorch build has no x86 INT8 kernels; use --backend onnxruntime or openvino")
-    if out.suffix != BACKENDS[backend]:
-        kind = "a TorchScript" if backend == "x86" else "an ONNX"
-        raise ConfigError(f"--backend {backend} writes {kind} file: give --out a path ending in "
-                          f"{BACKENDS[backend]}, not {out.name}")
+    if backend == "x86" and shutil.which("c++") is None and shutil.which("g++") is None:
+        raise ConfigError("--backend x86 compiles the INT8 model with AOTInductor, which needs a C++ compiler "
+                          "(Debian: apt-get install g++); or use --backend onnxruntime or openvino")
+    if out.suffix != INT8_BACKENDS[backend]:
+        kind = "an AOTInductor package" if backend == "x86" else "an ONNX file"
+        raise ConfigError(f"--backend {backend} writes {kind}: give --out a path ending in "
+                          f"{INT8_BACKENDS[backend]}, not {out.name}")
     if isinstance(model, ResNet) and model.config.deformable_stages:  # an HRNet has no deformable convs
         raise ConfigError("INT8 quantization has no kernels or converter for torchvision's deform_conv2d; "
                           "deploy a deformable model in fp32 (resnetlab export)")
@@ -151,7 +202,9 @@ def quantize_model(model: ResNet, calibration: list[torch.Tensor], out: str | Pa
         "method": {"onnxruntime": method, "openvino": "nncf minmax", "x86": "histogram"}[backend],
         "images": sum(len(batch) for batch in calibration)})
     if backend == "x86":
-        save_x86(_x86_int8(model, calibration), example, out, metadata)
+        from .pt2e import calibrated, save_x86_package, x86_quantizer
+
+        save_x86_package(calibrated(model, calibration, x86_quantizer(is_qat=False)), example, out, metadata)
     else:
         fp32 = onnx_bytes(model, example)
         int8 = _nncf_int8(fp32, calibration, layout) if backend == "openvino" \
@@ -163,10 +216,10 @@ def quantize_model(model: ResNet, calibration: list[torch.Tensor], out: str | Pa
 def write_fp32_reference(model: ResNet, backend: str, folder: Path) -> Path:
     """``model`` in fp32 on the backend's runtime (PyTorch eager for x86): what its INT8 file is to be
     compared with."""
-    from ..deploy.export import export_model
+    from ..deploy.export import ExportSettings, export_model
 
     if backend == "x86":
-        return export_model(model, folder / "fp32.safetensors", "safetensors").path
+        return export_model(model, folder / "fp32.safetensors", ExportSettings("safetensors")).path
     path = export_model(model, folder / "fp32.onnx").path
     if backend == "openvino":
         import onnx
@@ -184,37 +237,6 @@ def save_onnx(graph, out: Path, metadata: dict) -> None:
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     with atomic_path(out) as tmp:
         onnx.save(graph, str(tmp))
-
-
-def save_x86(quantized: torch.nn.Module, example: torch.Tensor, out: Path, metadata: dict) -> None:
-    """The converted model traced at ``example`` (its batch stays free), saved as TorchScript with
-    ``metadata`` beside the graph."""
-    with atomic_path(out) as tmp, quiet_quantization(), torch.no_grad():
-        traced = torch.jit.trace(quantized, example)
-        torch.jit.save(traced, str(tmp), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
-
-
-@contextmanager
-def quiet_quantization():
-    """PyTorch warns that torch.ao.quantization is deprecated in favour of torchao (not installed
-    here), that observers' reduce_range will be, and that tracing reads quantized scales as constants
-    (they are): none is the user's to act on."""
-    with warnings.catch_warnings(), quiet_tracing():
-        for message in ("torch.ao.quantization is deprecated", "Please use quant_min and quant_max",
-                        ".*quantized tensor creation functions", "Converting a tensor to a Python"):
-            warnings.filterwarnings("ignore", message=message)
-        yield
-
-
-def _x86_int8(model: ResNet, calibration: list[torch.Tensor]) -> torch.nn.Module:
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    with quiet_quantization(), torch.no_grad():
-        prepared = prepare_fx(copy.deepcopy(model), get_default_qconfig_mapping("x86"), (calibration[0][:1],))
-        for batch in calibration:
-            prepared(batch)
-        return convert_fx(prepared)
 
 
 def _nncf_int8(fp32: bytes, calibration: list[torch.Tensor], layout: Int8Layout):

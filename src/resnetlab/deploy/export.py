@@ -19,13 +19,13 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_path
-from .files import load_deployed
+from .files import FORMAT_SUFFIXES, load_deployed
 from ..errors import ConfigError
 from ..models import ResNet, save_weights
 from ..models.weights import METADATA_KEY, model_metadata, read_metadata
-from .runtimes import AOTI_METADATA_KEY, load_aoti_package, load_torchscript, read_onnx_metadata
+from .runtimes import load_aoti_package, load_torchscript, read_onnx_metadata
 
-FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}  # format -> suffix
+EXPORT_FORMATS = ("onnx", "pt2", "safetensors")  # what export writes; files.py has their suffixes
 # A dynamic batch must really be dynamic: two sizes the export never saw (a static one is fed in chunks).
 CHECK_BATCHES = (1, 7)
 TOLERANCE = 1e-3  # max abs logit difference, relative to logits of order one
@@ -100,25 +100,42 @@ def save_aoti_package(model: torch.nn.Module, example: torch.Tensor, path: Path,
     with tempfile.TemporaryDirectory() as work, torch.no_grad(), inductor_config.patch(freezing=True):
         package = torch._inductor.aoti_compile_and_package(
             program, package_path=str(Path(work) / "model.pt2"),
-            inductor_configs={"aot_inductor.metadata": {AOTI_METADATA_KEY: json.dumps(metadata)}})
+            inductor_configs={"aot_inductor.metadata": {METADATA_KEY: json.dumps(metadata)}})
         shutil.copyfile(package, path)
 
 
-def export_model(model: ResNet, path: str | Path, format: str = "onnx", *, dynamic_batch: bool = True,
-                 opset: int = DEFAULT_OPSET) -> ExportReport:
+@dataclass(frozen=True)
+class ExportSettings:
+    """How ``resnetlab export`` writes a model. ``opset`` None: ``DEFAULT_OPSET``; it and ``static_batch`` are
+    ONNX's alone, and given for another format they are an error, not silently ignored."""
+
+    format: str = "onnx"  # one of EXPORT_FORMATS
+    opset: int | None = None
+    static_batch: bool = False  # ONNX: the batch fixed at 1, fed in chunks of it; else a dynamic batch dimension
+
+    def __post_init__(self) -> None:
+        if self.format == "torchscript":
+            raise ConfigError("TorchScript is deprecated in PyTorch and no longer written: export --format pt2 "
+                              "(an AOTInductor package) or onnx; .pt files from earlier versions still load")
+        if self.format not in EXPORT_FORMATS:
+            raise ConfigError(f"unknown export format {self.format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        if self.format != "onnx" and (self.opset is not None or self.static_batch):
+            raise ConfigError("--opset applies to ONNX exports only" if self.opset is not None
+                              else "--static-batch applies to ONNX exports only")
+        check_opset(self.onnx_opset)
+
+    @property
+    def onnx_opset(self) -> int:
+        return DEFAULT_OPSET if self.opset is None else self.opset
+
+
+def export_model(model: ResNet, path: str | Path, settings: ExportSettings = ExportSettings()) -> ExportReport:
     """Write ``model`` to ``path`` atomically, then load it back and compare it with eager."""
-    if format == "torchscript":
-        raise ConfigError("TorchScript is deprecated in PyTorch and no longer written: export --format pt2 "
-                          "(an AOTInductor package) or onnx; .pt files from earlier versions still load")
-    if format not in FORMATS:
-        raise ConfigError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
-    path = Path(path)
-    if path.suffix != FORMATS[format]:
-        raise ConfigError(f"a {format} export is a {FORMATS[format]} file; {path.name} is not")
+    path, format = Path(path), settings.format
+    if path.suffix != FORMAT_SUFFIXES[format]:
+        raise ConfigError(f"a {format} export is a {FORMAT_SUFFIXES[format]} file; {path.name} is not")
     if format == "onnx":
-        check_opset(opset, model)
-    if format == "pt2" and not dynamic_batch:
-        raise ConfigError("a .pt2 package always takes any batch size: --static-batch applies to ONNX exports")
+        check_opset(settings.onnx_opset, model)
     model = model.eval()
     side = model.preprocessing.input_size
     example = torch.randn(1, model.config.in_chans, side, side)
@@ -129,7 +146,7 @@ def export_model(model: ResNet, path: str | Path, format: str = "onnx", *, dynam
     else:
         with atomic_path(path) as tmp:  # checked before it is renamed into place: a bad export leaves nothing
             if format == "onnx":
-                tmp.write_bytes(onnx_bytes(model, example, dynamic_batch, opset, metadata))
+                tmp.write_bytes(onnx_bytes(model, example, not settings.static_batch, settings.onnx_opset, metadata))
             else:
                 save_aoti_package(model, example, tmp, metadata)
             difference = _check(model, tmp, format, side)

@@ -1,6 +1,6 @@
 """Any model file resnetlab writes, ready to run as a ``DeployedModel``: trained weights (.safetensors), an
 exported or INT8-quantized ONNX graph (.onnx), an AOTInductor package (.pt2: ``export --format pt2``), or a
-TorchScript file (.pt: ``quantize --backend x86``, and earlier versions' exports). ``eval``, ``predict``, ``bench``
+TorchScript file (.pt: the x86 INT8 files and exports of earlier versions). ``eval``, ``predict``, ``bench``
 and ``serve`` take each through ``load_deployed``, and ``export`` checks what it wrote with it; an .onnx runs on the
 runtime its metadata names (ONNX Runtime unless it says OpenVINO)."""
 from __future__ import annotations
@@ -20,7 +20,8 @@ from .model import DeployedModel, described_by
 from .runtimes import load_aoti_package, load_torchscript, onnxruntime_runner, openvino_runner, read_onnx_metadata
 
 logger = logging.getLogger("resnetlab")
-MODEL_FILE_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript"}
+MODEL_FILE_FORMATS = {".safetensors": "safetensors", ".onnx": "onnx", ".pt2": "pt2", ".pt": "torchscript"}  # suffix -> format
+FORMAT_SUFFIXES = {format: suffix for suffix, format in MODEL_FILE_FORMATS.items()}
 
 
 def load_deployed(path: str | os.PathLike, device: torch.device | str = "cpu",
@@ -49,8 +50,8 @@ def model_file_format(path: Path) -> str:
     refuse_folder(path, "model file", MODEL_FILE_FORMATS)
     if path.suffix not in MODEL_FILE_FORMATS:
         raise CheckpointError(f"{path.name} is neither a .safetensors (resnetlab train), an .onnx (resnetlab export "
-                              "or quantize), a .pt2 (resnetlab export --format pt2), a TorchScript .pt (resnetlab "
-                              "quantize --backend x86) model file, nor a pretrained tag (`resnetlab weights list`)")
+                              "or quantize), a .pt2 (resnetlab export --format pt2, or quantize --backend x86), a "
+                              "TorchScript .pt (earlier versions) model file, nor a pretrained tag (`resnetlab weights list`)")
     if not path.is_file():
         raise CheckpointError(f"model file {path} does not exist")
     return MODEL_FILE_FORMATS[path.suffix]
@@ -78,14 +79,17 @@ def _onnx(path: Path, device: torch.device) -> DeployedModel:
 
 def _pt2(path: Path, device: torch.device) -> DeployedModel:
     run, metadata = load_aoti_package(path)
-    return _graph(path, "pt2", "aotinductor", metadata, device, run)
+    # "x86" for an INT8 package of quantize --backend x86: PyTorch's INT8 kernels, compiled in
+    return _graph(path, "pt2", metadata.get("runtime", "aotinductor"), metadata, device, run)
 
 
 def _torchscript(path: Path, device: torch.device) -> DeployedModel:
     module, metadata = load_torchscript(path)
-    if metadata.get("precision", "fp32") == "fp32":  # an earlier version's export: nothing writes these now
-        logger.warning("%s is a TorchScript file, which PyTorch deprecates: it loads, but export the model "
-                       "again as --format pt2 (or onnx) to keep it running on later versions", path.name)
+    again = "quantize it again (--backend x86 now writes a .pt2)" if metadata.get("precision") == "int8" \
+        else "export the model again as --format pt2 (or onnx)"
+    # An earlier version's file: nothing writes these now
+    logger.warning("%s is a TorchScript file, which PyTorch deprecates: it loads, but %s to keep it running on "
+                   "later versions", path.name, again)
 
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():

@@ -21,8 +21,8 @@ from .export import exported_program, onnx_bytes
 from .model import DeployedModel, described_by
 from .runtimes import onnxruntime_runner, openvino_runner
 
-BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16")
+INFERENCE_BACKENDS = ("auto", "eager", "compile", "onnxruntime", "openvino")
+INFERENCE_PRECISIONS = ("fp32", "bf16")
 # Measured by benchmarks/bench_cpu_inference.py (BENCHMARKS.md; resnet50, batch 1, fp32, 2 cores):
 # OpenVINO 1.48x torchvision eager, ONNX Runtime 1.47x, Inductor with freezing 1.40x. "auto" takes
 # the first one installed.
@@ -62,8 +62,8 @@ def backend_available(backend: str, device: torch.device) -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    if backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in INFERENCE_BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(INFERENCE_BACKENDS)}")
     if backend == "auto":
         return "compile" if device.type == "cuda" else next(b for b in CPU_PREFERENCE if backend_available(b, device))
     if not backend_available(backend, device):
@@ -79,8 +79,8 @@ def optimize(model: nn.Module, backend: str = "auto", precision: str = "fp32",
 
     ``input_size`` (height, width) is the size the exporting backends trace at; batch stays dynamic.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in INFERENCE_PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(INFERENCE_PRECISIONS)}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     backend = resolve_backend(backend, device)
     if backend == "onnxruntime" and precision == "bf16":

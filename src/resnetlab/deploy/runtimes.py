@@ -1,6 +1,6 @@
 """The runtimes that run exported model files, and the metadata each file carries: ONNX Runtime and OpenVINO for
-``.onnx`` graphs, AOTInductor for the ``.pt2`` packages of ``export --format pt2``, TorchScript for the ``.pt`` files
-of ``quantize --backend x86`` and of earlier versions' ``export --format torchscript``. ``deployed`` loads files
+``.onnx`` graphs, AOTInductor for the ``.pt2`` packages of ``export --format pt2`` and ``quantize --backend x86``,
+TorchScript for the ``.pt`` files earlier versions wrote. ``files`` loads model files
 through them, ``export`` checks what it writes with them, ``optimize`` runs on them."""
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import warnings
 import zipfile
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,31 +15,17 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..models.weights import METADATA_KEY
 
-AOTI_METADATA_KEY = METADATA_KEY  # the package's own metadata holds ours under this key, as JSON
-
-
-@contextmanager
-def quiet_tracing():
-    """TorchScript, still used by the x86 INT8 files and the QAT graph's ONNX export, warns of its own
-    deprecation (on every trace, save and load) and of strided slices it cannot constant-fold (the
-    zero-padding shortcut's); neither is the user's to act on."""
-    with warnings.catch_warnings():
-        for message in ("Constant folding", "`torch.jit.", "The feature will be removed",
-                        "You are using the legacy TorchScript-based ONNX export"):
-            warnings.filterwarnings("ignore", message=message)
-        yield
-
-
 def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict]:
-    """A TorchScript file resnetlab wrote (export or quantize --backend x86), on the CPU, and its metadata."""
+    """A TorchScript file an earlier resnetlab wrote (export, or quantize --backend x86), on the CPU, and its
+    metadata. ``torch.jit.load`` warns of TorchScript's deprecation; the caller tells the user what to do."""
     extra = {f"{METADATA_KEY}.json": ""}
     try:
-        with quiet_tracing():
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`torch.jit.")
             module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:  # a torch.save pickle (a training state like last.pt), or a corrupt file
-        raise CheckpointError(f"{path} is not a TorchScript model; give a .pt from resnetlab export --format "
-                              "torchscript or quantize --backend x86 (a training state like last.pt is not one)"
-                              ) from error
+        raise CheckpointError(f"{path} is not a TorchScript model, the only .pt model files resnetlab reads (a "
+                              "training state like last.pt is not one); today's exports are .onnx or .pt2") from error
     return module.eval(), _parse_metadata(path, extra[f"{METADATA_KEY}.json"])
 
 
@@ -68,14 +53,15 @@ def load_aoti_package(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor
         best = str(vec_isa.pick_vec_isa()).upper() or "no vector instructions"
         raise ConfigError(f"{path} was compiled for CPUs with {compiled_for}; this one has {best}: export it "
                           "again on this machine (or one of its kind)")
-    metadata = _parse_metadata(path, stored.get(AOTI_METADATA_KEY, ""))
+    metadata = _parse_metadata(path, stored.get(METADATA_KEY, ""))  # the package's metadata holds ours, as JSON
 
     def run(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return package(images.detach().float().cpu().contiguous())
 
-    side = metadata["preprocessing"]["input_size"]  # the image size it was exported at; the batch is free
-    return shape_checked(run, [None, metadata["config"]["in_chans"], side, side]), metadata
+    side = metadata["preprocessing"]["input_size"]  # the image size it was exported at
+    # Free unless the package was compiled for one batch size (x86 INT8: ``compress.pt2e``)
+    return shape_checked(run, [metadata.get("batch"), metadata["config"]["in_chans"], side, side]), metadata
 
 
 def read_onnx_metadata(path: Path) -> dict:

@@ -33,18 +33,31 @@ class EvaluationReport:
                 "confusion_csv": str(self.confusion_csv), "confusion_png": str(self.confusion_png)}
 
 
-def evaluate_checkpoint(checkpoint: str | os.PathLike, data: str, *, split: str | None = None,
-                        batch_size: int = 128, max_per_class: int | None = None,
-                        out_dir: str | os.PathLike | None = None, device: str = "auto") -> EvaluationReport:
-    """Top-1/top-5/per-class accuracy of ``checkpoint`` (.safetensors, .onnx, .pt2 or .pt) on ``data``; writes the
-    confusion matrix."""
-    model = load_deployed(checkpoint, device)
-    result, info = evaluate_model(model, data, split=split, batch_size=batch_size, max_per_class=max_per_class)
+@dataclass(frozen=True)
+class EvalSettings:
+    """What ``resnetlab eval`` measures: ``checkpoint`` (.safetensors, .onnx, .pt2, .pt or a pretrained tag) on
+    ``data``'s labelled split."""
+
+    checkpoint: str | os.PathLike
+    data: str  # an image folder (its val/ or test/ split, or class folders directly), or cifar10
+    split: str | None = None  # the folder to evaluate on; None: val, else test
+    batch_size: int = 128
+    max_per_class: int | None = None  # the first N images of each class; None: all
+    out: str | os.PathLike | None = None  # where confusion.csv/png go; None: beside the checkpoint
+    device: str = "auto"
+
+
+def evaluate_checkpoint(settings: EvalSettings) -> EvaluationReport:
+    """Top-1/top-5/per-class accuracy of the settings' checkpoint on its data; writes the confusion matrix."""
+    model = load_deployed(settings.checkpoint, settings.device)
+    result, info = evaluate_model(model, settings.data, split=settings.split, batch_size=settings.batch_size,
+                                  max_per_class=settings.max_per_class)
     names = model.class_names or [str(i) for i in range(model.num_classes)]
-    out = Path(out_dir) if out_dir is not None else Path(checkpoint).parent / f"eval-{info.val_split}"
+    out = Path(settings.out) if settings.out is not None else \
+        Path(settings.checkpoint).parent / f"eval-{info.val_split}"
     csv_path, png_path = write_confusion_matrix(result.confusion, names, out)
-    return EvaluationReport(checkpoint=str(checkpoint), source=info.source, class_names=names, result=result,
-                            confusion_csv=csv_path, confusion_png=png_path)
+    return EvaluationReport(checkpoint=str(settings.checkpoint), source=info.source, class_names=names,
+                            result=result, confusion_csv=csv_path, confusion_png=png_path)
 
 
 def evaluate_model(model: DeployedModel, data: str, *, split: str | None = None, batch_size: int = 128,

@@ -6,9 +6,6 @@ from torch import nn
 
 from ..models.weights import classifier_name
 
-OPTIMIZERS = ("sgd", "adamw")
-
-
 def parameter_groups(model: nn.Module, weight_decay: float, backbone_lr_scale: float) -> list[dict]:
     """Split trainable parameters by weight decay and learning-rate scale.
 
