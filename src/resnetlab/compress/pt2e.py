@@ -30,6 +30,7 @@ from torch.fx import Node
 
 from ..atomic import atomic_path
 from ..deploy.export import EXPORT_BATCH, MAX_BATCH
+from ..deploy.runtimes import quiet_cuda_probe
 from ..models.weights import METADATA_KEY
 
 # torchao registers an enum with torch's pytree on import, and torch logs that this is deprecated: torchao's
@@ -142,6 +143,7 @@ def save_x86_package(converted: torch.fx.GraphModule, example: torch.Tensor, out
     import torch._inductor.config as inductor_config
     import torchao.quantization.pt2e.inductor_passes.x86  # noqa: F401  (registers the INT8 fusions)
 
+    quiet_cuda_probe()
     images = example[:1].expand(AOTI_INT8_BATCH, *example.shape[1:]).contiguous()
     metadata = {**metadata, "batch": AOTI_INT8_BATCH}
     with tempfile.TemporaryDirectory() as work, torch.no_grad(), inductor_config.patch(freezing=True), \

@@ -43,6 +43,7 @@ import torch
 from ..atomic import atomic_path
 from ..errors import ConfigError, DataError
 from ..deploy.export import onnx_bytes
+from ..deploy.runtimes import quiet_cuda_probe
 from ..models.weights import METADATA_KEY
 from ..image_input import check_reads_image_files, normalize, read_crop
 from ..models import ResNet
@@ -240,8 +241,7 @@ def save_onnx(graph, out: Path, metadata: dict) -> None:
 
 
 def _nncf_int8(fp32: bytes, calibration: list[torch.Tensor], layout: Int8Layout):
-    # NNCF imports torch's C++ extension builder, which logs that a CPU-only machine has no CUDA.
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    quiet_cuda_probe()
     import nncf
     import onnx
 

@@ -23,7 +23,7 @@ from .files import FORMAT_SUFFIXES, load_deployed
 from ..errors import ConfigError
 from ..models import ResNet, save_weights
 from ..models.weights import METADATA_KEY, model_metadata, read_metadata
-from .runtimes import load_aoti_package, load_torchscript, read_onnx_metadata
+from .runtimes import load_aoti_package, load_torchscript, quiet_cuda_probe, read_onnx_metadata
 
 EXPORT_FORMATS = ("onnx", "pt2", "safetensors")  # what export writes; files.py has their suffixes
 # A dynamic batch must really be dynamic: two sizes the export never saw (a static one is fed in chunks).
@@ -96,6 +96,7 @@ def save_aoti_package(model: torch.nn.Module, example: torch.Tensor, path: Path,
     ``metadata`` inside. Weights are frozen into the package, so Inductor pre-packs them for oneDNN."""
     import torch._inductor.config as inductor_config
 
+    quiet_cuda_probe()
     program = exported_program(model, example)
     with tempfile.TemporaryDirectory() as work, torch.no_grad(), inductor_config.patch(freezing=True):
         package = torch._inductor.aoti_compile_and_package(

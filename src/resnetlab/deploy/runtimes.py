@@ -5,6 +5,7 @@ through them, ``export`` checks what it writes with them, ``optimize`` runs on t
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -29,6 +30,12 @@ def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict]:
     return module.eval(), _parse_metadata(path, extra[f"{METADATA_KEY}.json"])
 
 
+def quiet_cuda_probe() -> None:
+    """Torch's C++ extension builder, which AOTInductor (compiling and loading) and NNCF use, logs that a CPU-only
+    machine has no CUDA: true, and nothing for the user to act on."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
 def load_aoti_package(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], dict]:
     """``run(images) -> logits`` for an AOTInductor package ``export --format pt2`` wrote, and its metadata.
 
@@ -40,6 +47,7 @@ def load_aoti_package(path: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor
                                     "--format pt2")
     if not zipfile.is_zipfile(path):  # torch would log a guess about outdated files first
         raise not_a_package
+    quiet_cuda_probe()
     try:
         package = torch._inductor.aoti_load_package(str(path))
         stored = package.get_metadata()
