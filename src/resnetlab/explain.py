@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +16,21 @@ from .models.resnet import ResNet
 
 # Small inputs (32x32 CIFAR crops) are enlarged for viewing, with square pixels.
 MIN_DISPLAY_SIDE = 256
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """What ``resnetlab explain`` does: the Grad-CAM of ``class_name`` (None: the predicted class) for ``image``,
+    over it, written to the PNG ``out``."""
+
+    checkpoint: str  # a classifier's trained weights (.safetensors) or a pretrained tag
+    image: Path
+    out: Path
+    class_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if Path(self.out).suffix.lower() != ".png":
+            raise ConfigError(f"--out must end in .png, not {Path(self.out).name}")
 
 
 def grad_cam(model: ResNet, image: torch.Tensor, target_class: int | None = None) -> torch.Tensor:

@@ -1,15 +1,31 @@
 """Predict classes of image files with a saved model."""
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .data.datasets import BadImage
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .image_input import check_reads_image_files, normalize, read_crop
 from .deploy.model import DeployedModel
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """What ``resnetlab predict`` does: the ``top_k`` most probable labels of each image under ``inputs``."""
+
+    checkpoint: str | os.PathLike  # any model file (.safetensors, .onnx, .pt2, .pt) or a pretrained tag
+    inputs: Sequence[str | os.PathLike]  # image files and folders (searched recursively)
+    top_k: int = 5
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError(f"--top-k must be at least 1, not {self.top_k}")
 
 
 @dataclass

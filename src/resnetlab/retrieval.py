@@ -27,6 +27,33 @@ from .models.resnet import ResNet
 _FORMAT = "resnetlab.index/1"
 
 
+@dataclass(frozen=True)
+class EmbedSettings:
+    """What ``resnetlab embed`` does: every image under ``folder`` embedded by ``checkpoint`` into the index ``out``."""
+
+    checkpoint: str  # trained weights (.safetensors) or a pretrained tag
+    folder: Path
+    out: Path  # an .npz file
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if Path(self.out).suffix != ".npz":
+            raise ConfigError(f"--out must end in .npz, not {Path(self.out).name}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, not {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """What ``resnetlab search`` does: the ``k`` images of ``index`` nearest to ``query``, embedded by
+    ``checkpoint`` (None: the one the index was built with)."""
+
+    index: Path
+    query: Path
+    k: int = 5
+    checkpoint: str | None = None
+
+
 @dataclass
 class EmbeddingIndex:
     """Embeddings of image files, in the order of ``paths``."""

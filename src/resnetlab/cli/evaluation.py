@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 
 
 def add_parsers(commands) -> None:
@@ -64,13 +64,12 @@ def print_evaluation(report, console) -> None:
 def cmd_predict(args: argparse.Namespace, console) -> None:
     from ..deploy.files import load_deployed
     from ..data.folders import image_paths
-    from ..predict import predict_files
+    from ..predict import PredictSettings, predict_files
 
-    if args.top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, not {args.top_k}")
-    paths = image_paths(args.inputs)  # before the model loads: a wrong path fails at once
-    model = load_deployed(args.checkpoint, args.device)
-    predictions, bad = predict_files(model, paths, args.top_k)
+    settings = PredictSettings(checkpoint=args.checkpoint, inputs=args.inputs, top_k=args.top_k, device=args.device)
+    paths = image_paths(settings.inputs)  # before the model loads: a wrong path fails at once
+    model = load_deployed(settings.checkpoint, settings.device)
+    predictions, bad = predict_files(model, paths, settings.top_k)
     for skipped in bad:
         print(f"skipped {skipped.reason}", file=sys.stderr)
     if args.json:

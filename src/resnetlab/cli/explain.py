@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..atomic import atomic_path
 from ..errors import ConfigError
-from ..explain import grad_cam, overlay_heatmap
+from ..explain import ExplainSettings, grad_cam, overlay_heatmap
 from ..image_input import check_reads_image_files, normalize, read_crop
 from ..models import load_model
 
@@ -25,23 +25,22 @@ def add_parsers(commands) -> None:
 
 
 def cmd_explain(args: argparse.Namespace, console: Console) -> None:
-    if args.out.suffix.lower() != ".png":
-        raise ConfigError(f"--out must end in .png, not {args.out.name}")
-    model = load_model(args.checkpoint)
+    settings = ExplainSettings(checkpoint=args.checkpoint, image=args.image, out=args.out, class_name=args.class_name)
+    model = load_model(settings.checkpoint)
     check_reads_image_files(model.config.in_chans)
     if model.config.num_classes == 0:
-        raise ConfigError(f"{args.checkpoint} has no classifier (num_classes=0); explain needs one")
+        raise ConfigError(f"{settings.checkpoint} has no classifier (num_classes=0); explain needs one")
     names = model.class_names or [str(i) for i in range(model.config.num_classes)]
-    if args.class_name is not None and args.class_name not in names:
-        raise ConfigError(f"unknown class {args.class_name!r}; the model knows {', '.join(names)}")
-    crop = read_crop(args.image, model.preprocessing)
+    if settings.class_name is not None and settings.class_name not in names:
+        raise ConfigError(f"unknown class {settings.class_name!r}; the model knows {', '.join(names)}")
+    crop = read_crop(settings.image, model.preprocessing)
     image = normalize(crop, model.preprocessing)
     with torch.no_grad():
         probabilities = model.eval()(image.unsqueeze(0)).softmax(dim=1)[0]
     predicted = int(probabilities.argmax())
-    target = predicted if args.class_name is None else names.index(args.class_name)
+    target = predicted if settings.class_name is None else names.index(settings.class_name)
     heatmap = grad_cam(model, image, target)
-    with atomic_path(args.out) as tmp:
+    with atomic_path(settings.out) as tmp:
         overlay_heatmap(crop, heatmap).save(tmp, format="PNG")
     print(f"predicted {names[predicted]} ({probabilities[predicted]:.1%}); "
-          f"wrote the Grad-CAM of {names[target]} over the image to {args.out}")
+          f"wrote the Grad-CAM of {names[target]} over the image to {settings.out}")

@@ -13,7 +13,8 @@ from ..errors import ConfigError, DataError
 from ..image_input import check_reads_image_files, normalize, read_crop
 from ..models import load_model
 from ..pretrained.catalog import is_pretrained_tag
-from ..retrieval import EmbeddingIndex, embed, embed_images, folder_labels, load_index, save_index, search
+from ..retrieval import (EmbeddingIndex, EmbedSettings, SearchSettings, embed, embed_images, folder_labels, load_index,
+                         save_index, search)
 
 
 def add_parsers(commands) -> None:
@@ -35,37 +36,37 @@ def add_parsers(commands) -> None:
 
 
 def cmd_embed(args: argparse.Namespace, console: Console) -> None:
-    if args.out.suffix != ".npz":
-        raise ConfigError(f"--out must end in .npz, not {args.out.name}")
-    paths = find_images(args.dir)  # before the model loads: an empty folder fails at once
-    model = load_model(args.checkpoint)
+    settings = EmbedSettings(checkpoint=args.checkpoint, folder=args.dir, out=args.out, batch_size=args.batch_size)
+    paths = find_images(settings.folder)  # before the model loads: an empty folder fails at once
+    model = load_model(settings.checkpoint)
     check_reads_image_files(model.config.in_chans)
-    embedded = embed_images(model, paths, args.batch_size)
+    embedded = embed_images(model, paths, settings.batch_size)
     for bad in embedded.skipped:
         print(f"skipped {bad.reason}", file=sys.stderr)
     if not embedded.paths:
-        raise DataError(f"none of the {len(paths)} image files in {args.dir} could be read")
+        raise DataError(f"none of the {len(paths)} image files in {settings.folder} could be read")
     index = EmbeddingIndex(embedded.embeddings, [str(p.resolve()) for p in embedded.paths],
-                           labels=folder_labels(embedded.paths, args.dir),
-                           checkpoint=args.checkpoint if is_pretrained_tag(args.checkpoint)
-                           else str(Path(args.checkpoint).resolve()))
-    save_index(index, args.out)
-    print(f"wrote {args.out}: {len(index.paths)} embeddings of dimension {index.embeddings.shape[1]}"
+                           labels=folder_labels(embedded.paths, settings.folder),
+                           checkpoint=settings.checkpoint if is_pretrained_tag(settings.checkpoint)
+                           else str(Path(settings.checkpoint).resolve()))
+    save_index(index, settings.out)
+    print(f"wrote {settings.out}: {len(index.paths)} embeddings of dimension {index.embeddings.shape[1]}"
           + (f", {len(embedded.skipped)} unreadable files skipped" if embedded.skipped else ""))
 
 
 def cmd_search(args: argparse.Namespace, console: Console) -> None:
-    index = load_index(args.index)
-    checkpoint = args.checkpoint or index.checkpoint
+    settings = SearchSettings(index=args.index, query=args.query, k=args.k, checkpoint=args.checkpoint)
+    index = load_index(settings.index)
+    checkpoint = settings.checkpoint or index.checkpoint
     if checkpoint is None:
-        raise ConfigError(f"{args.index} does not name its checkpoint; pass --checkpoint")
-    if args.checkpoint is None and not Path(checkpoint).is_file() and not is_pretrained_tag(checkpoint):
-        raise ConfigError(f"{args.index} was built with {checkpoint}, which no longer exists; "
+        raise ConfigError(f"{settings.index} does not name its checkpoint; pass --checkpoint")
+    if settings.checkpoint is None and not Path(checkpoint).is_file() and not is_pretrained_tag(checkpoint):
+        raise ConfigError(f"{settings.index} was built with {checkpoint}, which no longer exists; "
                           "pass --checkpoint with the same weights")
     model = load_model(checkpoint).eval()
     check_reads_image_files(model.config.in_chans)
-    query = normalize(read_crop(args.query, model.preprocessing), model.preprocessing)
-    scores, positions = search(index, embed(model, query.unsqueeze(0)), args.k)
+    query = normalize(read_crop(settings.query, model.preprocessing), model.preprocessing)
+    scores, positions = search(index, embed(model, query.unsqueeze(0)), settings.k)
     hits = [{"rank": rank, "score": round(float(score), 6), "path": index.paths[position],
              "label": index.labels[position] if index.labels else None}
             for rank, (score, position) in enumerate(zip(scores[0].tolist(), positions[0].tolist()), 1)]
@@ -73,7 +74,7 @@ def cmd_search(args: argparse.Namespace, console: Console) -> None:
         print(json.dumps(hits, indent=2))
         return
     # Plain lines rather than a table: paths stay whole, to copy or pipe.
-    print(f"{len(hits)} nearest of {len(index.paths)} to {args.query} (cosine similarity):")
+    print(f"{len(hits)} nearest of {len(index.paths)} to {settings.query} (cosine similarity):")
     for hit in hits:
         label = f"  {hit['label']}" if hit["label"] is not None else ""
         print(f"{hit['rank']:>3}  {hit['score']:.4f}{label}  {hit['path']}")
