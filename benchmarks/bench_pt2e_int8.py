@@ -24,7 +24,7 @@ from resnetlab import create_model
 from resnetlab.compress.pt2e import calibrated, x86_quantizer
 from resnetlab.compress.quantize import calibration_batches, quantize_model
 from resnetlab.demo import extract_demo_data
-from resnetlab.deploy.export import save_aoti_package
+from resnetlab.deploy.export import exported_program, save_aoti_package
 from resnetlab.deploy.files import load_deployed
 
 
@@ -72,7 +72,8 @@ def main() -> None:
             example = calibration[0][:1]
             now = quantize_model(model, calibration, Path(work) / f"{name}.int8.pt2", backend="x86")
             dynamic = Path(work) / f"{name}.int8.dynamic.pt2"
-            save_aoti_package(calibrated(model, calibration, x86_quantizer(is_qat=False)), example, dynamic, {})
+            converted = calibrated(model, calibration, x86_quantizer(is_qat=False))
+            save_aoti_package(exported_program(converted, example), dynamic, {})
             runs = {"fp32 eager": model, "INT8 FX, TorchScript (before)": fx_int8(model, calibration),
                     "INT8 PT2E .pt2, batch 1 (now)": load_deployed(now),
                     "INT8 PT2E .pt2, dynamic batch": torch._inductor.aoti_load_package(str(dynamic))}

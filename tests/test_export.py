@@ -174,8 +174,8 @@ def test_nothing_writes_torchscript_any_more(tmp_path):
 
 
 def test_a_batch_the_exporter_fixed_is_caught_not_assumed_dynamic(tmp_path, monkeypatch):
-    real = export_module._export_inputs
-    monkeypatch.setattr(export_module, "_export_inputs",  # as pytorch/pytorch#157621 reports it happening
+    real = export_module.export_inputs
+    monkeypatch.setattr(export_module, "export_inputs",  # as pytorch/pytorch#157621 reports it happening
                         lambda example, dynamic_batch: real(example[:1], dynamic_batch=False))
     with pytest.raises(ConfigError, match="the ONNX exporter fixed the batch size to 1"):
         export_model(create_model("cifar_resnet20"), tmp_path / "model.onnx")

@@ -20,7 +20,7 @@ from resnetlab.compress.quantize import (INT8_BACKENDS, calibration_batches, cal
                                          int8_metadata, quantize_model)
 from resnetlab.config import DataConfig, OptimConfig
 from resnetlab.data.loaders import build_loaders
-from resnetlab.deploy.export import read_export_metadata, save_aoti_package
+from resnetlab.deploy.export import exported_program, read_export_metadata, save_aoti_package
 from resnetlab.deploy.files import load_deployed
 from resnetlab.deploy.optimize import fold_batch_norm
 from resnetlab.engine.evaluation import evaluate_model
@@ -142,7 +142,7 @@ def test_int8_file_is_a_quarter_of_fp32(cifar_classifier, int8_model, tmp_path):
         return
     # An AOTInductor package is mostly compiled code (2 MB for cifar_resnet20's 1 MB of weights), the same
     # for fp32 and INT8: the INT8 weights show as what the package saves on the fp32 one of the same model.
-    save_aoti_package(model, torch.randn(1, 3, 32, 32), tmp_path / "fp32.pt2", {})
+    save_aoti_package(exported_program(model, torch.randn(1, 3, 32, 32)), tmp_path / "fp32.pt2", {})
     assert int8_model.stat().st_size < (tmp_path / "fp32.pt2").stat().st_size - 0.25 * weights_bytes
 
 

@@ -18,20 +18,14 @@ deprecated FX graph-mode quantization, used by ``quantize --backend x86`` and by
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import shutil
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 from torch.fx import Node
 
 from ..atomic import atomic_path
-from ..deploy.export import EXPORT_BATCH, MAX_BATCH
-from ..deploy.runtimes import quiet_cuda_probe
-from ..models.weights import METADATA_KEY
+from ..deploy.export import export_inputs, save_aoti_package
 
 # torchao registers an enum with torch's pytree on import, and torch logs that this is deprecated: torchao's
 # to change, not the user's; the logger is put back as it was.
@@ -57,9 +51,8 @@ def capture(model: torch.nn.Module, example: torch.Tensor) -> torch.fx.GraphModu
     """``model`` as an exported graph at ``example``'s image size, any batch. Strict: the non-strict capture
     keeps no record of which module a ReLU came from, and the x86 quantizer then takes a block's one ReLU
     module, called twice, for a single pattern with two outputs, and refuses it."""
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
-    images = example[:1].expand(EXPORT_BATCH, *example.shape[1:]).contiguous()
-    return torch.export.export(model, (images,), dynamic_shapes=({0: batch},), strict=True).module()
+    images, shapes = export_inputs(example, dynamic_batch=True)
+    return torch.export.export(model, (images,), dynamic_shapes=shapes, strict=True).module()
 
 
 def calibrated(model: torch.nn.Module, calibration: list[torch.Tensor], quantizer: Quantizer) -> torch.fx.GraphModule:
@@ -140,19 +133,10 @@ class OnnxQDQQuantizer(Quantizer):
 def save_x86_package(converted: torch.fx.GraphModule, example: torch.Tensor, out: Path, metadata: dict) -> None:
     """The converted graph compiled by AOTInductor, with Inductor's INT8 fusions, into the package ``out``,
     at batch ``AOTI_INT8_BATCH`` (its files run any batch in chunks of it), with ``metadata`` inside."""
-    import torch._inductor.config as inductor_config
     import torchao.quantization.pt2e.inductor_passes.x86  # noqa: F401  (registers the INT8 fusions)
 
-    quiet_cuda_probe()
     images = example[:1].expand(AOTI_INT8_BATCH, *example.shape[1:]).contiguous()
-    metadata = {**metadata, "batch": AOTI_INT8_BATCH}
-    with tempfile.TemporaryDirectory() as work, torch.no_grad(), inductor_config.patch(freezing=True), \
-            warnings.catch_warnings():
-        # Inductor's INT8 lowering copies a tensor the way it warns others not to: torch's to change
-        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
+    with torch.no_grad():
         program = torch.export.export(converted, (images,), strict=True)
-        package = torch._inductor.aoti_compile_and_package(
-            program, package_path=str(Path(work) / "int8.pt2"),
-            inductor_configs={"aot_inductor.metadata": {METADATA_KEY: json.dumps(metadata)}})
-        with atomic_path(out) as tmp:
-            shutil.copyfile(package, tmp)
+    with atomic_path(out) as tmp:
+        save_aoti_package(program, tmp, {**metadata, "batch": AOTI_INT8_BATCH})

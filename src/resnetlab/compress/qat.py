@@ -46,6 +46,7 @@ from ..models import ResNet
 from .int8_target import Int8Layout, int8_layout
 from .quantize import check_backend, int8_backend, int8_metadata, save_onnx
 
+
 def quantization_aware_training(model: ResNet, data: str, out: str | Path, backend: str = "auto",
                                 epochs: int = 1, lr: float = 1e-3, batch_size: int = 64,
                                 target: str = "auto") -> Path:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ import torch
 from ..atomic import atomic_path
 from ..errors import ConfigError, DataError
 from ..deploy.export import onnx_bytes
+from ..deploy.optimize import backend_available
 from ..deploy.runtimes import quiet_cuda_probe
 from ..models.weights import METADATA_KEY
 from ..image_input import check_reads_image_files, normalize, read_crop
@@ -161,7 +161,7 @@ def check_backend(backend: str, out: Path, model: ResNet | None = None) -> None:
     if missing:
         raise ConfigError(f"--backend {backend} needs {', '.join(missing)}: pip install {' '.join(missing)} "
                           "(or pip install 'resnetlab[deploy]')")
-    if backend == "x86" and shutil.which("c++") is None and shutil.which("g++") is None:
+    if backend == "x86" and not backend_available("compile", torch.device("cpu")):  # Inductor compiles C++
         raise ConfigError("--backend x86 compiles the INT8 model with AOTInductor, which needs a C++ compiler "
                           "(Debian: apt-get install g++); or use --backend onnxruntime or openvino")
     if out.suffix != INT8_BACKENDS[backend]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +61,13 @@ def exported_program(model: torch.nn.Module, example: torch.Tensor,
                      dynamic_batch: bool = True) -> torch.export.ExportedProgram:
     """``model`` captured by ``torch.export`` at ``example``'s image size, its batch dimension free unless
     ``dynamic_batch`` is False (then it is ``example``'s)."""
-    example, shapes = _export_inputs(example, dynamic_batch)
+    example, shapes = export_inputs(example, dynamic_batch)
     with torch.no_grad():
         return torch.export.export(model, (example,), dynamic_shapes=shapes)
 
 
-def _export_inputs(example: torch.Tensor, dynamic_batch: bool) -> tuple[torch.Tensor, tuple | None]:
+def export_inputs(example: torch.Tensor, dynamic_batch: bool) -> tuple[torch.Tensor, tuple | None]:
+    """What ``torch.export`` is given for ``example``: the image and, for a free batch, the batch dimension."""
     if not dynamic_batch:
         return example, None
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
@@ -76,7 +78,7 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: boo
                opset: int = DEFAULT_OPSET, metadata: dict | None = None) -> bytes:
     """``model`` as an ONNX graph with input ``images`` and output ``logits``, its batch dynamic unless
     ``dynamic_batch`` is False; a ``ConfigError`` when the exporter fixed a batch it was asked to free."""
-    example, shapes = _export_inputs(example, dynamic_batch)
+    example, shapes = export_inputs(example, dynamic_batch)
     with torch.no_grad():
         program = torch.onnx.export(model, (example,), input_names=["images"], output_names=["logits"],
                                     dynamic_shapes=shapes, opset_version=opset, dynamo=True, verbose=False)
@@ -91,14 +93,17 @@ def onnx_bytes(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: boo
     return graph.SerializeToString()
 
 
-def save_aoti_package(model: torch.nn.Module, example: torch.Tensor, path: Path, metadata: dict) -> None:
-    """``model`` compiled by AOTInductor for this CPU, batch dynamic, into the package ``path``, with
-    ``metadata`` inside. Weights are frozen into the package, so Inductor pre-packs them for oneDNN."""
+def save_aoti_package(program: torch.export.ExportedProgram, path: Path, metadata: dict) -> None:
+    """``program`` compiled by AOTInductor for this CPU into the package ``path``, with ``metadata`` inside, its
+    batch as the program has it (``exported_program``'s: free). Weights are frozen into the package, so Inductor
+    pre-packs them for oneDNN."""
     import torch._inductor.config as inductor_config
 
     quiet_cuda_probe()
-    program = exported_program(model, example)
-    with tempfile.TemporaryDirectory() as work, torch.no_grad(), inductor_config.patch(freezing=True):
+    with tempfile.TemporaryDirectory() as work, torch.no_grad(), inductor_config.patch(freezing=True), \
+            warnings.catch_warnings():
+        # Inductor's INT8 lowering copies a tensor the way it warns others not to: torch's to change
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
         package = torch._inductor.aoti_compile_and_package(
             program, package_path=str(Path(work) / "model.pt2"),
             inductor_configs={"aot_inductor.metadata": {METADATA_KEY: json.dumps(metadata)}})
@@ -149,7 +154,7 @@ def export_model(model: ResNet, path: str | Path, settings: ExportSettings = Exp
             if format == "onnx":
                 tmp.write_bytes(onnx_bytes(model, example, not settings.static_batch, settings.onnx_opset, metadata))
             else:
-                save_aoti_package(model, example, tmp, metadata)
+                save_aoti_package(exported_program(model, example), tmp, metadata)
             difference = _check(model, tmp, format, side)
     return ExportReport(path=path, format=format, bytes=path.stat().st_size, max_abs_difference=difference,
                         checked_batches=CHECK_BATCHES)

@@ -16,6 +16,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from ..models.weights import METADATA_KEY
 
+
 def load_torchscript(path: Path) -> tuple[torch.jit.ScriptModule, dict]:
     """A TorchScript file an earlier resnetlab wrote (export, or quantize --backend x86), on the CPU, and its
     metadata. ``torch.jit.load`` warns of TorchScript's deprecation; the caller tells the user what to do."""
